@@ -1,0 +1,44 @@
+"""The interface every prune agent implements: given the pretrained model, choose the channels to keep."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from ..cost import CostModel
+from ..data import Split
+from ..events import StopCheck
+from ..spec import PruneSpec
+from ..structure import PrunableGroup
+
+# report(fraction of the prune stage done, message, data) -> emits a prune_step event
+StepReporter = Callable[[float, str, dict[str, Any]], None]
+
+
+@dataclass
+class SearchContext:
+    model: nn.Module  # the pretrained model, on ``device``; agents must leave its weights as they found them
+    groups: list[PrunableGroup]
+    cost: CostModel
+    val: Split  # carved from the training set; the test set is never seen by a search
+    spec: PruneSpec
+    device: torch.device
+    seed: int
+    state_dir: Path  # where an agent keeps its resumable search state
+    report: StepReporter
+    stop: StopCheck
+
+
+@dataclass
+class SearchResult:
+    kept: list[list[int]]  # per group, indices into the original channels
+    summary: dict[str, Any] = field(default_factory=dict)  # the report's ``search`` section
+
+
+class Agent(Protocol):
+    def search(self, context: SearchContext) -> SearchResult: ...

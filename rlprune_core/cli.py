@@ -1,0 +1,92 @@
+"""``rlprune`` command line: ``rlprune run SPEC --out DIR`` runs (or resumes) a prune job locally."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .errors import RlpruneError
+from .spec import JobSpec
+
+console = Console(stderr=True)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlprune", description="Shrink convnets by RL-driven channel pruning.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run a prune job from a JSON/YAML spec; re-run to resume")
+    run.add_argument("spec", type=Path, help="job spec file (JSON or YAML)")
+    run.add_argument("--out", type=Path, required=True, help="work folder: checkpoints and artifacts")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _summary(report: dict) -> Table:
+    table = Table(title=f"{report['name']}: {report['spec']['model']['arch']} on {report['dataset']['name']}")
+    table.add_column("")
+    for column in ("before", "pruned", "finetuned", "ratio"):
+        table.add_column(column, justify="right")
+    before, pruned, final = report["baseline"], report["pruned"], report["final"]
+    rows = [
+        ("accuracy", lambda s: f"{s['accuracy']:.2%}", lambda: f"{final['accuracy'] - before['accuracy']:+.2%}"),
+        ("params", lambda s: f"{s['params'] / 1e6:.3f} M", lambda: f"{final['params'] / before['params']:.3f}x"),
+        ("MACs", lambda s: f"{s['macs'] / 1e6:.2f} M", lambda: f"{final['macs'] / before['macs']:.3f}x"),
+    ]
+    for batch in ("batch1", "batch64"):
+        rows.append((f"latency {batch} (ms)", lambda s, b=batch: f"{s['latency_ms'][b]:.2f}",
+                     lambda b=batch: f"{before['latency_ms'][b] / final['latency_ms'][b]:.2f}x faster"))
+    for label, cell, ratio in rows:
+        table.add_row(label, cell(before), cell(pruned), cell(final), ratio())
+    for name, result in report.get("baselines", {}).items():
+        table.add_row(f"{name} baseline accuracy", "", f"{result['pruned_accuracy']:.2%}",
+                      f"{result['final_accuracy']:.2%}", "")
+    return table
+
+
+def _run(args: argparse.Namespace) -> int:
+    spec = JobSpec.from_file(args.spec)
+    from .events import Event, Stopped  # torch loads here, after the spec is known to be good
+    from .pipeline import run_pipeline
+
+    with Progress(TextColumn("[bold]{task.fields[stage]:<9}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
+                  TimeElapsedColumn(), TextColumn("{task.description}"), console=console,
+                  disable=args.quiet) as progress:
+        task = progress.add_task("starting", total=1.0, stage="")
+
+        def on_event(event: Event) -> None:
+            progress.update(task, completed=event.progress, description=event.message,
+                            stage=event.stage or "done")
+            if event.type in ("stage", "resumed", "completed"):
+                progress.console.print(event.message)
+
+        try:
+            report = run_pipeline(spec, args.out, on_event)
+        except (KeyboardInterrupt, Stopped):
+            console.print(f"interrupted; run the same command again to resume from {args.out}")
+            return 130
+    Console().print(_summary(report))
+    Console().print(f"artifacts in {args.out}: " + ", ".join(a["name"] for a in report["artifacts"]) + ", report.json")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    # Exporters and optional-dependency probes are chatty; a CLI user wants the progress bar and the table.
+    warnings.filterwarnings("ignore")
+    logging.getLogger("torch").setLevel(logging.ERROR)
+    try:
+        return _run(args)
+    except RlpruneError as exc:
+        print(f"rlprune: error: {exc}", file=sys.stderr)
+        return 2 if exc.code == "invalid_spec" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Analytic MACs and parameter counts of a model as a function of its kept channel counts.
+
+Pruning changes only channel counts, so each conv/linear costs (per-pair cost) x (inputs kept) x (outputs
+kept). Recording the per-pair costs once from the real modules lets the budget fit and the search price a
+candidate without building it; a test checks the result against the physically pruned model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .structure import PrunableGroup
+
+
+@dataclass(frozen=True)
+class CostModel:
+    group_sizes: np.ndarray  # (G,) channels of each group before pruning
+    fixed: np.ndarray  # channel counts no pruning changes (image channels, classes, unpruned layers)
+    pair_in: np.ndarray  # (L,) index into [group counts..., fixed...] of each layer's input channels
+    pair_out: np.ndarray  # (L,) same for output channels
+    pair_macs: np.ndarray  # (L,) MACs per (input, output) channel pair
+    pair_params: np.ndarray  # (L,) weights per (input, output) channel pair
+    single_index: np.ndarray  # (S,) channel counts that carry per-channel params (biases, BN affine)
+    single_params: np.ndarray  # (S,)
+
+    @classmethod
+    def from_model(cls, model: nn.Module, groups: list[PrunableGroup], example: torch.Tensor) -> CostModel:
+        out_group = {name: i for i, g in enumerate(groups) for name in (*g.producers, *g.norms)}
+        in_group = {name: i for i, g in enumerate(groups) for name in g.consumers}
+        spatial: dict[str, int] = {}
+        hooks = [
+            module.register_forward_hook(
+                lambda _m, _i, out, name=name: spatial.__setitem__(name, out[0, 0].numel()))
+            for name, module in model.named_modules() if isinstance(module, nn.Conv2d)
+        ]
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            model(example[:1])
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+
+        fixed: list[int] = []
+
+        def index(name: str, table: dict[str, int], channels: int) -> int:
+            if name in table:
+                return table[name]
+            fixed.append(channels)
+            return len(groups) + len(fixed) - 1
+
+        pair_in, pair_out, pair_macs, pair_params, single_index, single_params = [], [], [], [], [], []
+        for name, module in model.named_modules():
+            if isinstance(module, nn.Conv2d | nn.Linear):
+                if isinstance(module, nn.Conv2d) and module.groups != 1:
+                    raise NotImplementedError(f"{name}: grouped convolutions are not supported")
+                kernel = module.weight[0, 0].numel()
+                in_channels = module.weight.shape[1]
+                out_channels = module.weight.shape[0]
+                pair_in.append(index(name, in_group, in_channels))
+                out_index = index(name, out_group, out_channels)
+                pair_out.append(out_index)
+                pair_params.append(kernel)
+                pair_macs.append(kernel * spatial.get(name, 1))
+                if module.bias is not None:
+                    single_index.append(out_index)
+                    single_params.append(1)
+            elif isinstance(module, nn.BatchNorm2d) and module.affine:
+                single_index.append(index(name, out_group, module.num_features))
+                single_params.append(2)
+        as_int = lambda values: np.asarray(values, dtype=np.int64)  # noqa: E731
+        return cls(
+            group_sizes=as_int([g.size for g in groups]), fixed=as_int(fixed),
+            pair_in=as_int(pair_in), pair_out=as_int(pair_out),
+            pair_macs=as_int(pair_macs), pair_params=as_int(pair_params),
+            single_index=as_int(single_index), single_params=as_int(single_params),
+        )
+
+    def _extended(self, counts: np.ndarray) -> np.ndarray:
+        counts = np.asarray(counts, dtype=np.float64)
+        fixed = np.broadcast_to(self.fixed.astype(np.float64), (*counts.shape[:-1], len(self.fixed)))
+        return np.concatenate([counts, fixed], axis=-1)
+
+    def macs(self, counts: np.ndarray) -> np.ndarray:
+        """MACs for one counts vector (G,) or a batch of them (K, G)."""
+        c = self._extended(counts)
+        return (self.pair_macs * c[..., self.pair_in] * c[..., self.pair_out]).sum(-1)
+
+    def params(self, counts: np.ndarray) -> np.ndarray:
+        c = self._extended(counts)
+        weights = (self.pair_params * c[..., self.pair_in] * c[..., self.pair_out]).sum(-1)
+        return weights + (self.single_params * c[..., self.single_index]).sum(-1)
+
+    def cost(self, counts: np.ndarray, metric: str) -> np.ndarray:
+        return self.macs(counts) if metric == "macs" else self.params(counts)
+
+    def keep_fraction(self, counts: np.ndarray, metric: str) -> np.ndarray:
+        """Cost of ``counts`` as a fraction of the unpruned model's."""
+        return self.cost(counts, metric) / self.cost(self.group_sizes, metric)

@@ -1,0 +1,46 @@
+"""Errors a user can act on. Each has a stable ``code`` (for the job API) and a one-sentence message.
+
+Anything else escaping the pipeline is a bug: callers log its traceback and report an internal error.
+"""
+
+from __future__ import annotations
+
+
+class RlpruneError(Exception):
+    code = "error"
+
+
+class SpecError(RlpruneError, ValueError):
+    """A spec that cannot be used; the message names the field."""
+
+    code = "invalid_spec"
+
+
+class DataError(RlpruneError):
+    """The data a spec asks for cannot be provided; the message says where we looked and what to do."""
+
+    code = "data_unavailable"
+
+
+class BudgetError(RlpruneError, ValueError):
+    """No channel counts allowed by min_channels / round_to fit the budget."""
+
+    code = "budget_infeasible"
+
+
+class CheckpointError(RlpruneError):
+    """model.checkpoint is missing or does not fit the architecture."""
+
+    code = "bad_checkpoint"
+
+
+class WorkdirError(RlpruneError):
+    """The work folder holds a different job, so resuming there would mix two runs."""
+
+    code = "workdir_conflict"
+
+
+class VerificationError(RlpruneError):
+    """A reloaded artifact does not score what the report says."""
+
+    code = "verification_failed"

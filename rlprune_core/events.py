@@ -1,0 +1,50 @@
+"""Progress events and cooperative stopping, the pipeline's only ways of talking to whoever runs it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+STAGES = ("pretrain", "prune", "finetune", "export")
+
+
+@dataclass(frozen=True)
+class Event:
+    """``type`` is one of: stage, epoch, prune_step, info, resumed, completed."""
+
+    type: str
+    stage: str | None
+    message: str
+    progress: float  # of the whole job, 0-1
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+EventSink = Callable[[Event], None]
+
+
+class Stopped(Exception):
+    """Raised inside the pipeline when ``should_stop`` said yes; the work done so far is checkpointed."""
+
+
+class StopCheck:
+    """Asks ``should_stop`` at most every ``interval`` seconds, so a caller may poll a database cheaply."""
+
+    def __init__(self, should_stop: Callable[[], bool] | None, interval: float = 0.5):
+        self._should_stop = should_stop
+        self._interval = interval
+        self._last = float("-inf")
+
+    def __call__(self) -> None:
+        if self._should_stop is None:
+            return
+        now = time.monotonic()
+        if now - self._last < self._interval:
+            return
+        self._last = now
+        if self._should_stop():
+            raise Stopped("stop requested")

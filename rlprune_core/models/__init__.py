@@ -1,0 +1,33 @@
+"""Model zoo: every architecture the spec's ``model.arch`` names, built from (arch, classes, channels, width)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from torch import nn
+
+from .resnet import DEPTHS, CifarResNet
+from .vgg import CONFIGS, VGG
+
+ARCHS = (*CONFIGS, *DEPTHS)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild an unpruned model; stored in ``model.json``."""
+
+    arch: str
+    num_classes: int
+    in_channels: int
+    width: float = 1.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    if config.arch in CONFIGS:
+        return VGG(CONFIGS[config.arch], config.num_classes, config.in_channels, config.width)
+    if config.arch in DEPTHS:
+        return CifarResNet(DEPTHS[config.arch], config.num_classes, config.in_channels, config.width)
+    raise ValueError(f"unknown architecture {config.arch!r}; choose one of {', '.join(ARCHS)}")

@@ -1,0 +1,313 @@
+"""``run_pipeline``: spec -> pretrain -> prune -> finetune -> export, resumable from its work folder.
+
+Every stage ends by writing its result into the work folder and marking itself done in ``state.json``;
+training stages also checkpoint every epoch. Calling ``run_pipeline`` again on the same folder skips what
+is done and continues inside the stage that was interrupted.
+
+Work folder layout::
+
+    state.json                    stages done, their figures and timings
+    checkpoints/                  per-epoch training state and the agent's search state
+    pretrained.safetensors        the unpruned model after pretraining
+    prune.json                    kept channel indices chosen by the agent
+    model.safetensors, model.json, model.pt2, model.onnx, report.json   the deliverables
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from . import __version__
+from .agents import SearchContext, get_agent
+from .cost import CostModel
+from .data import Dataset, load_dataset
+from .device import prepare, resolve_device
+from .errors import CheckpointError, WorkdirError
+from .events import STAGES, Event, EventSink, StopCheck
+from .export import (
+    artifact_record,
+    example_input,
+    export_onnx,
+    export_pt2,
+    model_description,
+    save_weights,
+)
+from .metrics import model_stats
+from .models import ModelConfig, build_model
+from .selection import select_l1, select_random
+from .spec import JobSpec, TrainSpec
+from .structure import find_groups
+from .surgery import prune_model
+from .training import EpochResult, evaluate, train
+from .verify import verify_artifacts
+
+# Relative work of a criterion agent's prune stage, in epochs of training (for the progress estimate).
+CRITERION_PRUNE_UNITS = 0.5
+EXPORT_UNITS = 1.0
+
+
+def run_pipeline(spec: JobSpec, workdir: str | Path, on_event: EventSink | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """Run (or resume) a prune job in ``workdir`` and return its report.
+
+    ``on_event`` receives every :class:`Event`; ``should_stop`` is polled at least every few seconds of
+    work and, when it returns true, the run raises :class:`rlprune_core.events.Stopped` after saving
+    its place.
+    """
+    return _Run(spec, Path(workdir), on_event or (lambda _event: None), StopCheck(should_stop)).run()
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+class _Run:
+    def __init__(self, spec: JobSpec, workdir: Path, sink: EventSink, stop: StopCheck):
+        self.spec = spec
+        self.dir = workdir
+        self.sink = sink
+        self.stop = stop
+        self.checkpoints = workdir / "checkpoints"
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        self.state_path = workdir / "state.json"
+        spec_data = spec.model_dump(mode="json")
+        if self.state_path.exists():
+            self.state = json.loads(self.state_path.read_text())
+            if self.state["spec"] != spec_data:
+                raise WorkdirError(f"{workdir} holds a different job; use an empty folder for a new spec")
+        else:
+            self.state = {"spec": spec_data, "done": {}, "timings_s": {}, "baselines": {}}
+        self.extra_baselines = [b for b in spec.baselines if b != spec.prune.agent]
+        self.plan = {
+            "pretrain": float(spec.pretrain.epochs),
+            "prune": CRITERION_PRUNE_UNITS,
+            "finetune": float(spec.finetune.epochs * (1 + len(self.extra_baselines))),
+            "export": EXPORT_UNITS,
+        }
+
+    # -- events -------------------------------------------------------------------------------------
+    def progress(self, stage: str, fraction: float) -> float:
+        total = sum(self.plan.values()) or 1.0
+        before = sum(self.plan[s] for s in STAGES[: STAGES.index(stage)])
+        return min(1.0, (before + self.plan[stage] * min(max(fraction, 0.0), 1.0)) / total)
+
+    def emit(self, type_: str, stage: str | None, message: str, fraction: float = 0.0, **data: Any) -> None:
+        progress = 1.0 if stage is None else self.progress(stage, fraction)
+        self.sink(Event(type_, stage, message, round(progress, 4), data))
+
+    def stage_seconds(self, stage: str, began: float) -> float:
+        return round(self.state["timings_s"].get(stage, 0.0) + time.perf_counter() - began, 3)
+
+    def save_state(self) -> None:
+        _write_json(self.state_path, self.state)
+
+    def finish_stage(self, stage: str, began: float, **figures: Any) -> None:
+        """Record a stage as done; its time adds to what earlier, interrupted attempts at it spent."""
+        self.state["timings_s"][stage] = figures.pop("seconds", None) or self.stage_seconds(stage, began)
+        self.state["done"][stage] = figures
+        self.save_state()
+
+    # -- the stages ---------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        if "export" in self.state["done"]:
+            return json.loads((self.dir / "report.json").read_text())
+        if self.state["done"]:
+            self.emit("resumed", STAGES[len(self.state["done"])],
+                      f"resuming after {', '.join(self.state['done'])}", 0.0, done=list(self.state["done"]))
+        self.device = resolve_device(self.spec.device)
+        torch.manual_seed(self.spec.seed)
+        data = load_dataset(self.spec.dataset, self.spec.seed)
+        self.data = Dataset(data.train.to(self.device), data.val.to(self.device), data.test.to(self.device),
+                            data.classes, data.contract, data.flip)
+        self.input_shape = (data.contract.channels, data.contract.size, data.contract.size)
+        self.example = example_input(data.contract).to(self.device)
+        self.config = ModelConfig(self.spec.model.arch, data.num_classes, data.contract.channels, self.spec.model.width)
+
+        pretrained = self.pretrain()
+        self.groups = find_groups(pretrained, self.example)
+        kept = self.prune(pretrained)
+        final = self.finetune(pretrained, kept)
+        return self.export(final, kept)
+
+    def _train(self, model: nn.Module, stage: str, spec: TrainSpec, label: str, part: int = 0, parts: int = 1) -> None:
+        def resumed(epoch: int) -> None:
+            self.emit("resumed", stage, f"{label}: resuming after epoch {epoch}", (part + epoch / spec.epochs) / parts,
+                      run=label, epoch=epoch)
+
+        train(model, self.data.train, self.data.val, spec, device=self.device, flip=self.data.flip,
+              seed=self.spec.seed, checkpoint=self.checkpoints / f"{stage}-{label}.pt",
+              on_epoch=self._epoch_reporter(stage, label, part, parts), stop=self.stop, on_resume=resumed)
+
+    def _epoch_reporter(self, stage: str, label: str, part: int = 0, parts: int = 1) -> Callable[[EpochResult], None]:
+        def report(result: EpochResult) -> None:
+            fraction = (part + result.epoch / result.epochs) / parts
+            self.emit("epoch", stage, f"{label} epoch {result.epoch}/{result.epochs}: loss {result.loss:.3f}, "
+                      f"val accuracy {result.val_accuracy:.2%}", fraction, run=label, **vars(result))
+
+        return report
+
+    def pretrain(self) -> nn.Module:
+        model = prepare(build_model(self.config), self.device)
+        weights = self.dir / "pretrained.safetensors"
+        if "pretrain" in self.state["done"]:
+            model.load_state_dict(load_file(str(weights), device=str(self.device)))
+            return model
+        began = time.perf_counter()
+        self.emit("stage", "pretrain", "pretraining the unpruned model")
+        if self.spec.pretrain.epochs == 0:
+            self._load_checkpoint(model)
+        else:
+            self._train(model, "pretrain", self.spec.pretrain, "model")
+        save_weights(model, weights)
+        stats = model_stats(model, self.input_shape, evaluate(model, self.data.test, self.device))
+        self.finish_stage("pretrain", began, baseline=stats.to_dict(),
+                          val_accuracy=evaluate(model, self.data.val, self.device))
+        return model
+
+    def _load_checkpoint(self, model: nn.Module) -> None:
+        path = Path(self.spec.model.checkpoint or "").expanduser()
+        if not path.is_file():
+            raise CheckpointError(f"model.checkpoint {path} does not exist")
+        try:
+            model.load_state_dict(load_file(str(path), device=str(self.device)))
+        except (RuntimeError, OSError) as exc:
+            raise CheckpointError(f"model.checkpoint {path} does not fit {self.config.arch} at width "
+                                  f"{self.config.width} with {self.config.num_classes} classes: "
+                                  f"{str(exc).splitlines()[0]}") from exc
+
+    def prune(self, pretrained: nn.Module) -> list[list[int]]:
+        selection = self.dir / "prune.json"
+        if "prune" in self.state["done"]:
+            return json.loads(selection.read_text())["kept"]
+        began = time.perf_counter()
+        self.emit("stage", "prune", f"choosing channels with the {self.spec.prune.agent} agent")
+        state_dir = self.checkpoints / "search"
+        state_dir.mkdir(exist_ok=True)
+        context = SearchContext(
+            model=pretrained, groups=self.groups, cost=CostModel.from_model(pretrained, self.groups, self.example),
+            val=self.data.val, spec=self.spec.prune, device=self.device, seed=self.spec.seed, state_dir=state_dir,
+            report=lambda fraction, message, data: self.emit("prune_step", "prune", message, fraction, **data),
+            stop=self.stop,
+        )
+        result = get_agent(self.spec.prune.agent).search(context)
+        pruned = prune_model(pretrained, self.groups, result.kept, self.example)
+        stats = model_stats(pruned, self.input_shape, evaluate(pruned, self.data.test, self.device))
+        _write_json(selection, {"kept": result.kept, "groups": [g.name for g in self.groups]})
+        self.finish_stage("prune", began, pruned=stats.to_dict(), search=result.summary,
+                          val_accuracy=evaluate(pruned, self.data.val, self.device))
+        return result.kept
+
+    def _finetune(self, pretrained: nn.Module, kept: list[list[int]], name: str, part: int, parts: int) -> nn.Module:
+        model = prepare(prune_model(pretrained, self.groups, kept, self.example), self.device)
+        self._train(model, "finetune", self.spec.finetune, name, part, parts)
+        return model
+
+    def _load_pruned(self, pretrained: nn.Module, kept: list[list[int]], weights: Path) -> nn.Module:
+        model = prepare(prune_model(pretrained, self.groups, kept, self.example), self.device)
+        model.load_state_dict(load_file(str(weights), device=str(self.device)))
+        return model
+
+    def finetune(self, pretrained: nn.Module, kept: list[list[int]]) -> nn.Module:
+        weights = self.dir / "finetuned.safetensors"
+        if "finetune" in self.state["done"]:
+            return self._load_pruned(pretrained, kept, weights)
+        began = time.perf_counter()
+        parts = 1 + len(self.extra_baselines)
+        self.emit("stage", "finetune", "finetuning the pruned model")
+        if weights.exists():  # written atomically once the agent's model is finetuned
+            model = self._load_pruned(pretrained, kept, weights)
+        else:
+            model = self._finetune(pretrained, kept, self.spec.prune.agent, 0, parts)
+            save_weights(model, weights)
+        for part, name in enumerate(self.extra_baselines, start=1):
+            if name not in self.state["baselines"]:
+                self.state["baselines"][name] = self._baseline(pretrained, kept, name, part, parts)
+                self.save_state()
+        stats = model_stats(model, self.input_shape, evaluate(model, self.data.test, self.device))
+        self.finish_stage("finetune", began, final=stats.to_dict())
+        return model
+
+    def _baseline(self, pretrained: nn.Module, kept: list[list[int]], name: str, part: int, parts: int) -> dict:
+        """Same pretrained model, same per-group channel counts, channels chosen by ``name`` instead."""
+        counts = [len(k) for k in kept]
+        chosen = (select_l1(pretrained, self.groups, counts) if name == "l1"
+                  else select_random(self.groups, counts, self.spec.seed))
+        pruned = prune_model(pretrained, self.groups, chosen, self.example)
+        pruned_accuracy = evaluate(pruned, self.data.test, self.device)
+        model = self._finetune(pretrained, chosen, name, part, parts)
+        return {"pruned_accuracy": pruned_accuracy, "final_accuracy": evaluate(model, self.data.test, self.device)}
+
+    def export(self, model: nn.Module, kept: list[list[int]]) -> dict[str, Any]:
+        began = time.perf_counter()
+        self.emit("stage", "export", "exporting and verifying the pruned model")
+        formats = self.spec.export.formats
+        description = model_description(self.config, self.groups, kept, self.data.contract, self.data.classes)
+        _write_json(self.dir / "model.json", description)
+        save_weights(model, self.dir / "model.safetensors")
+        cpu_model = build_cpu_copy(model)
+        if "pt2" in formats:
+            export_pt2(cpu_model, self.data.contract, self.dir / "model.pt2")
+        if "onnx" in formats:
+            export_onnx(cpu_model, self.data.contract, self.dir / "model.onnx")
+        done = self.state["done"]
+        final = done["finetune"]["final"]
+        verification = verify_artifacts(self.dir, formats, self.data.test, final["accuracy"], self.device)
+        names = ["model.safetensors", "model.json", *(f"model.{f}" for f in formats if f != "safetensors"),
+                 "pretrained.safetensors"]
+        report = self._report(kept, verification, [artifact_record(self.dir / n) for n in names])
+        seconds = self.stage_seconds("export", began)
+        report["timings_s"] = {**self.state["timings_s"], "export": seconds}
+        _write_json(self.dir / "report.json", report)
+        self.finish_stage("export", began, seconds=seconds)
+        self.emit("completed", None, f"final accuracy {final['accuracy']:.2%} at "
+                  f"{report['budget']['achieved']:.1%} of the {report['budget']['metric']}", 1.0,
+                  final=final, budget=report["budget"])
+        return report
+
+    def _report(self, kept: list[list[int]], verification: dict, artifacts: list[dict]) -> dict[str, Any]:
+        done = self.state["done"]
+        baseline, final = done["pretrain"]["baseline"], done["finetune"]["final"]
+        metric = self.spec.prune.budget.metric
+        baselines = dict(self.state["baselines"])
+        if self.spec.prune.agent in self.spec.baselines:
+            baselines[self.spec.prune.agent] = {"pruned_accuracy": done["prune"]["pruned"]["accuracy"],
+                                                "final_accuracy": final["accuracy"], "same_as_agent": True}
+        return {
+            "name": self.spec.name,
+            "spec": self.state["spec"],
+            "baseline": baseline,
+            "pruned": done["prune"]["pruned"],
+            "final": final,
+            "budget": {"metric": metric, "keep": self.spec.prune.budget.keep,
+                       "achieved": final[metric] / baseline[metric]},
+            "layers": [{"name": g.name, "channels_before": g.size, "channels_after": len(k)}
+                       for g, k in zip(self.groups, kept, strict=True)],
+            "search": done["prune"]["search"],
+            "baselines": baselines,
+            "validation": {"baseline_accuracy": done["pretrain"]["val_accuracy"],
+                           "pruned_accuracy": done["prune"]["val_accuracy"]},
+            "verification": verification,
+            "artifacts": artifacts,
+            "dataset": {"name": self.spec.dataset.name, "train": len(self.data.train), "val": len(self.data.val),
+                        "test": len(self.data.test), "classes": self.data.classes},
+            "environment": {"device": str(self.device), "torch": torch.__version__, "rlprune": __version__,
+                            "python": platform.python_version()},
+        }
+
+
+def build_cpu_copy(model: nn.Module) -> nn.Module:
+    """A contiguous-format fp32 copy on the CPU, which is what exporters and other runtimes expect."""
+    return copy.deepcopy(model).to("cpu", memory_format=torch.contiguous_format).eval()

@@ -1,0 +1,150 @@
+"""The prune-job spec: the one contract shared by the CLI, the API and the worker.
+
+It imports neither torch nor anything heavy, so the API can validate requests with it in a slim image.
+Every field has a default, so ``{}`` is a complete spec: VGG-16 on CIFAR-10, keep 50 % of MACs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import SpecError
+
+Arch = Literal["vgg11", "vgg13", "vgg16", "vgg19", "resnet20", "resnet56"]
+DatasetName = Literal["cifar10", "cifar100", "digits", "synthetic", "imagefolder"]
+AgentName = Literal["l1", "random"]
+BaselineName = Literal["l1", "random"]
+ExportFormat = Literal["safetensors", "pt2", "onnx"]
+
+Fraction = Annotated[float, Field(gt=0.0, le=1.0)]
+NonNegative = Annotated[float, Field(ge=0.0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Strict):
+    arch: Arch = "vgg16"
+    width: Annotated[float, Field(gt=0.0, le=4.0)] = 1.0
+    checkpoint: str | None = Field(
+        default=None, description="safetensors state of the unpruned model; used when pretrain.epochs is 0"
+    )
+
+
+class DatasetSpec(_Strict):
+    name: DatasetName = "cifar10"
+    root: str = "data"
+    download: bool = False
+    val_fraction: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.1
+    image_size: Annotated[int, Field(ge=8, le=512)] = 32
+    max_train_samples: Annotated[int, Field(ge=10)] | None = None
+
+
+class TrainSpec(_Strict):
+    epochs: Annotated[int, Field(ge=0, le=10_000)] = 30
+    batch_size: Annotated[int, Field(ge=1, le=65_536)] = 128
+    lr: Annotated[float, Field(gt=0.0, le=10.0)] = 0.1
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
+    weight_decay: NonNegative = 5e-4
+    label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
+    schedule: Literal["onecycle", "cosine"] = "onecycle"
+
+
+class FinetuneSpec(TrainSpec):
+    epochs: Annotated[int, Field(ge=0, le=10_000)] = 10
+    lr: Annotated[float, Field(gt=0.0, le=10.0)] = 0.02
+
+
+class BudgetSpec(_Strict):
+    metric: Literal["macs", "params"] = "macs"
+    keep: Fraction = 0.5
+
+
+class PruneSpec(_Strict):
+    agent: AgentName = "l1"
+    budget: BudgetSpec = BudgetSpec()
+    steps: Annotated[int, Field(ge=1, le=100_000)] = 100
+    samples_per_step: Annotated[int, Field(ge=2, le=1024)] = 16
+    eval_samples: Annotated[int, Field(ge=1)] = 1000
+    min_channels: Annotated[int, Field(ge=1)] = 1
+    round_to: Annotated[int, Field(ge=1, le=256)] | None = None
+
+
+class ExportSpec(_Strict):
+    formats: list[ExportFormat] = Field(default_factory=lambda: ["safetensors", "pt2", "onnx"])
+
+    @model_validator(mode="after")
+    def _safetensors_is_canonical(self) -> ExportSpec:
+        if "safetensors" not in self.formats:
+            raise ValueError("must include 'safetensors': the other formats are checked against it")
+        if len(set(self.formats)) != len(self.formats):
+            raise ValueError("lists a format twice")
+        return self
+
+
+class JobSpec(_Strict):
+    name: Annotated[str, Field(min_length=1, max_length=200)] = "rlprune-job"
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
+    model: ModelSpec = ModelSpec()
+    dataset: DatasetSpec = DatasetSpec()
+    pretrain: TrainSpec = TrainSpec()
+    prune: PruneSpec = PruneSpec()
+    finetune: FinetuneSpec = FinetuneSpec()
+    export: ExportSpec = ExportSpec()
+    baselines: list[BaselineName] = Field(default_factory=list)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _pretrained_weights_come_from_somewhere(self) -> JobSpec:
+        if self.pretrain.epochs == 0 and not self.model.checkpoint:
+            raise ValueError("pretrain.epochs is 0, so model.checkpoint must name a safetensors file to start from")
+        if self.model.arch.startswith("vgg") and self.dataset.image_size < 32:
+            raise ValueError("dataset.image_size must be at least 32 for VGG, which halves the image five times")
+        if len(set(self.baselines)) != len(self.baselines):
+            raise ValueError("baselines lists a method twice")
+        return self
+
+    @classmethod
+    def from_text(cls, text: str) -> JobSpec:
+        """Parse JSON or YAML (JSON is a subset of YAML, so one parser serves both)."""
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise SpecError(f"not valid YAML or JSON: {exc}".splitlines()[0]) from exc
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise SpecError("a spec must be a mapping of fields, not a " + type(data).__name__)
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise SpecError(describe_validation_error(exc)) from exc
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> JobSpec:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise SpecError(f"cannot read spec {path}: {exc.strerror}") from exc
+        return cls.from_text(text)
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True)
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per problem, each starting with the dotted field path (``prune.budget.keep: ...``)."""
+    parts = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "spec"
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown field"
+        parts.append(f"{field}: {message}")
+    return "; ".join(parts)

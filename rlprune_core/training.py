@@ -1,0 +1,122 @@
+"""Training and evaluation: SGD with Nesterov momentum, one-cycle or cosine, label smoothing, resumable.
+
+A checkpoint is written after every epoch (atomically), so a run killed at any moment resumes at the start
+of the epoch it was in.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .data import Split
+from .device import autocast, prepare_input
+from .events import StopCheck
+from .loader import BatchLoader
+from .spec import TrainSpec
+
+EVAL_BATCH = 512
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    epoch: int  # 1-based
+    epochs: int
+    loss: float
+    train_accuracy: float
+    val_accuracy: float
+    lr: float
+    seconds: float
+    images_per_s: float
+
+
+def save_atomic(state: dict, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def accuracy(predict: Callable[[torch.Tensor], torch.Tensor], split: Split, batch_size: int = EVAL_BATCH) -> float:
+    """Top-1 accuracy (a fraction) of any callable from images to logits: a module or a reloaded artifact."""
+    correct = 0
+    for images, labels in BatchLoader(split, batch_size):
+        correct += int((predict(images).argmax(1).cpu() == labels.cpu()).sum())
+    return correct / max(1, len(split))
+
+
+def evaluate(model: nn.Module, split: Split, device: torch.device) -> float:
+    """Accuracy in fp32 (no autocast), so it matches what the exported artifacts compute."""
+    was_training = model.training
+    model.eval()
+    result = accuracy(lambda images: model(prepare_input(images.to(device), device)), split)
+    model.train(was_training)
+    return result
+
+
+def _schedule(optimizer: torch.optim.Optimizer, spec: TrainSpec, total_steps: int):
+    if spec.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=spec.lr, total_steps=total_steps, pct_start=0.25, anneal_strategy="linear",
+            div_factor=10.0, final_div_factor=100.0, cycle_momentum=False,
+        )
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+
+
+def train(model: nn.Module, train_split: Split, val_split: Split, spec: TrainSpec, *, device: torch.device,
+          flip: bool, seed: int, checkpoint: Path, on_epoch: Callable[[EpochResult], None],
+          stop: StopCheck, on_resume: Callable[[int], None] | None = None) -> None:
+    """Train ``model`` in place for ``spec.epochs``, resuming from ``checkpoint`` if it exists."""
+    if spec.epochs == 0:
+        return
+    loader = BatchLoader(train_split, spec.batch_size, train=True, flip=flip, seed=seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum, nesterov=spec.momentum > 0,
+                                weight_decay=spec.weight_decay)
+    scheduler = _schedule(optimizer, spec, spec.epochs * len(loader))
+    criterion = nn.CrossEntropyLoss(label_smoothing=spec.label_smoothing)
+    start = 0
+    if checkpoint.exists():
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        loader.generator.set_state(state["generator"].cpu())
+        start = state["epoch"]
+        if on_resume:
+            on_resume(start)
+
+    model.train()
+    for epoch in range(start, spec.epochs):
+        began = time.perf_counter()
+        total_loss = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.int64)
+        seen = 0
+        for images, labels in loader:
+            stop()
+            images = prepare_input(images.to(device, non_blocking=True), device)
+            labels = labels.to(device, non_blocking=True)
+            with autocast(device):
+                logits = model(images)
+                loss = criterion(logits, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total_loss += loss.detach() * len(labels)
+            correct += (logits.argmax(1) == labels).sum()
+            seen += len(labels)
+        seconds = time.perf_counter() - began
+        save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "generator": loader.generator.get_state(),
+                     "epoch": epoch + 1}, checkpoint)
+        on_epoch(EpochResult(
+            epoch=epoch + 1, epochs=spec.epochs, loss=float(total_loss) / seen, train_accuracy=int(correct) / seen,
+            val_accuracy=evaluate(model, val_split, device), lr=scheduler.get_last_lr()[0], seconds=seconds,
+            images_per_s=seen / seconds,
+        ))

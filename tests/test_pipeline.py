@@ -1,0 +1,136 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from rlprune_core import load_model, run_pipeline
+from rlprune_core.data import load_dataset
+from rlprune_core.errors import WorkdirError
+from rlprune_core.events import Stopped
+from rlprune_core.training import evaluate
+
+from .conftest import REPO, tiny_spec
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One complete job with every export format and both baselines."""
+    workdir = tmp_path_factory.mktemp("job")
+    spec = tiny_spec(export={"formats": ["safetensors", "pt2", "onnx"]}, baselines=["l1", "random"])
+    events = []
+    report = run_pipeline(spec, workdir, on_event=events.append)
+    return spec, workdir, report, events
+
+
+def test_report_holds_every_figure(finished):
+    _, workdir, report, _ = finished
+    for section in ("baseline", "pruned", "final"):
+        assert set(report[section]) == {"accuracy", "params", "macs", "latency_ms"}
+        assert set(report[section]["latency_ms"]) == {"batch1", "batch64"}
+        assert 0.0 <= report[section]["accuracy"] <= 1.0
+    assert report["final"]["macs"] <= 0.5 * report["baseline"]["macs"]
+    assert report["budget"]["achieved"] <= 0.5
+    assert all(0 < layer["channels_after"] <= layer["channels_before"] for layer in report["layers"])
+    assert set(report["baselines"]) == {"l1", "random"} and report["baselines"]["l1"]["same_as_agent"]
+    names = {a["name"] for a in report["artifacts"]}
+    assert names == {"model.safetensors", "model.json", "model.pt2", "model.onnx", "pretrained.safetensors"}
+    assert all(v["agrees"] for v in report["verification"].values())
+    assert json.loads((workdir / "report.json").read_text()) == report
+
+
+def test_downloaded_model_scores_what_the_report_says(finished):
+    spec, workdir, report, _ = finished
+    data = load_dataset(spec.dataset, spec.seed)
+    model = load_model(workdir)
+    assert evaluate(model, data.test, torch.device("cpu")) == pytest.approx(report["final"]["accuracy"], abs=0.005)
+
+
+def test_events_cover_stages_epochs_and_prune_steps(finished):
+    _, _, _, events = finished
+    stages = [e.stage for e in events if e.type == "stage"]
+    assert stages == ["pretrain", "prune", "finetune", "export"]
+    assert [e.data["epoch"] for e in events if e.type == "epoch" and e.stage == "pretrain"] == [1, 2, 3]
+    assert any(e.type == "prune_step" for e in events)
+    progress = [e.progress for e in events]
+    assert progress == sorted(progress) and progress[-1] == 1.0 and events[-1].type == "completed"
+
+
+def test_finished_job_is_not_run_again(finished):
+    spec, workdir, report, _ = finished
+    events = []
+    assert run_pipeline(spec, workdir, on_event=events.append) == report and events == []
+
+
+def test_a_different_spec_cannot_reuse_the_workdir(finished):
+    _, workdir, _, _ = finished
+    with pytest.raises(WorkdirError):
+        run_pipeline(tiny_spec(seed=1), workdir)
+
+
+def test_should_stop_halts_the_prune_stage_and_the_job_resumes(tmp_path):
+    spec = tiny_spec(pretrain={"epochs": 1})
+    with pytest.raises(Stopped):
+        run_pipeline(spec, tmp_path, should_stop=lambda: (tmp_path / "prune.json").exists())
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert set(state["done"]) == {"pretrain", "prune"}
+    events = []
+    report = run_pipeline(spec, tmp_path, on_event=events.append)
+    assert events[0].type == "resumed" and events[0].stage == "finetune"
+    assert not any(e.stage == "pretrain" for e in events)
+    assert report["final"]["macs"] <= 0.5 * report["baseline"]["macs"]
+
+
+WORKER = """
+import json, sys
+from rlprune_core import JobSpec, run_pipeline
+spec = JobSpec.model_validate_json(sys.argv[1])
+run_pipeline(spec, sys.argv[2], on_event=lambda e: print(json.dumps(e.to_dict()), flush=True))
+"""
+
+
+def test_a_run_killed_mid_pretrain_resumes_at_its_last_epoch(tmp_path):
+    spec = tiny_spec(pretrain={"epochs": 6})
+    process = subprocess.Popen([sys.executable, "-c", WORKER, spec.model_dump_json(), str(tmp_path)],
+                               stdout=subprocess.PIPE, text=True, cwd=REPO)
+    for line in process.stdout:
+        event = json.loads(line)
+        if event["type"] == "epoch" and event["data"]["epoch"] == 2:
+            os.kill(process.pid, signal.SIGKILL)
+            break
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+
+    events = []
+    report = run_pipeline(spec, tmp_path, on_event=events.append)
+    resumed = next(e for e in events if e.type == "resumed")
+    assert resumed.stage == "pretrain" and resumed.data["epoch"] >= 2
+    pretrain_epochs = [e.data["epoch"] for e in events if e.type == "epoch" and e.stage == "pretrain"]
+    assert pretrain_epochs == list(range(resumed.data["epoch"] + 1, 7))
+    assert report["baseline"]["accuracy"] > 0.5
+
+
+def test_cli_runs_a_job_and_prints_the_summary(tmp_path):
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(tiny_spec(pretrain={"epochs": 1}).model_dump_json())
+    result = subprocess.run([sys.executable, "-m", "rlprune_core.cli", "run", str(spec_path), "--out",
+                             str(tmp_path / "out"), "--quiet"], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert "accuracy" in result.stdout and "MACs" in result.stdout
+    assert (tmp_path / "out" / "report.json").exists()
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    ('{"prune": {"budget": {"keep": 2}}}', "prune.budget.keep"),
+    ("model: [", "not valid YAML"),
+])
+def test_cli_rejects_a_bad_spec_in_one_line(tmp_path, content, expected):
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(content)
+    result = subprocess.run([sys.executable, "-m", "rlprune_core.cli", "run", str(spec_path), "--out",
+                             str(tmp_path / "out")], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and expected in result.stderr
