@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+import torch
 from torch import Tensor, nn
 
 from .structure import PrunableGroup
@@ -26,7 +27,10 @@ def masked(model: nn.Module, groups: Sequence[PrunableGroup], masks: Sequence[Te
             k = mask.shape[0]
             shaped = out.view(k, out.shape[0] // k, *out.shape[1:])
             weights = mask.to(out.dtype).view(k, 1, mask.shape[1], *([1] * (out.dim() - 2)))
-            return (shaped * weights).view(out.shape)
+            if torch.is_grad_enabled():
+                return (shaped * weights).view(out.shape)
+            shaped.mul_(weights)  # scoring only: no autograd graph to protect, so save an allocation
+            return out
 
         return hook
 

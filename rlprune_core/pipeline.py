@@ -52,9 +52,15 @@ from .surgery import prune_model
 from .training import EpochResult, evaluate, train
 from .verify import verify_artifacts
 
-# Relative work of a criterion agent's prune stage, in epochs of training (for the progress estimate).
-CRITERION_PRUNE_UNITS = 0.5
-EXPORT_UNITS = 1.0
+EXPORT_UNITS = 1.0  # the export stage's work, in epochs of training (for the progress estimate)
+
+
+def prune_units(spec: JobSpec, train_size: int) -> float:
+    """The prune stage's work in epochs of training: a forward pass costs about a third of a training step."""
+    if spec.prune.agent in ("l1", "random"):
+        return 0.5
+    images = spec.prune.steps * spec.prune.samples_per_step * spec.prune.eval_samples
+    return images / (3.0 * train_size) + spec.prune.layer_finetune_steps * (spec.prune.agent == "policy-network")
 
 
 def run_pipeline(spec: JobSpec, workdir: str | Path, on_event: EventSink | None = None,
@@ -93,7 +99,7 @@ class _Run:
         self.extra_baselines = [b for b in spec.baselines if b != spec.prune.agent]
         self.plan = {
             "pretrain": float(spec.pretrain.epochs),
-            "prune": CRITERION_PRUNE_UNITS,
+            "prune": 0.5,  # until the data is loaded and the real figure known
             "finetune": float(spec.finetune.epochs * (1 + len(self.extra_baselines))),
             "export": EXPORT_UNITS,
         }
@@ -132,6 +138,7 @@ class _Run:
         data = load_dataset(self.spec.dataset, self.spec.seed)
         self.data = Dataset(data.train.to(self.device), data.val.to(self.device), data.test.to(self.device),
                             data.classes, data.contract, data.flip)
+        self.plan["prune"] = prune_units(self.spec, len(data.train))
         self.input_shape = (data.contract.channels, data.contract.size, data.contract.size)
         self.example = example_input(data.contract).to(self.device)
         self.config = ModelConfig(self.spec.model.arch, data.num_classes, data.contract.channels, self.spec.model.width)
@@ -198,7 +205,8 @@ class _Run:
         state_dir.mkdir(exist_ok=True)
         context = SearchContext(
             model=pretrained, groups=self.groups, cost=CostModel.from_model(pretrained, self.groups, self.example),
-            val=self.data.val, spec=self.spec.prune, device=self.device, seed=self.spec.seed, state_dir=state_dir,
+            val=self.data.val, train=self.data.train, flip=self.data.flip, spec=self.spec.prune, device=self.device,
+            seed=self.spec.seed, state_dir=state_dir,
             report=lambda fraction, message, data: self.emit("prune_step", "prune", message, fraction, **data),
             stop=self.stop,
         )

@@ -73,3 +73,52 @@ def select_random(groups: Sequence[PrunableGroup], counts: Sequence[int], seed: 
     generator = torch.Generator().manual_seed(seed)
     return [sorted(torch.randperm(g.size, generator=generator)[:c].tolist())
             for g, c in zip(groups, counts, strict=True)]
+
+
+def allowed_counts(size: int, *, min_channels: int, round_to: int | None) -> list[int]:
+    """Every kept count a group may take, ascending."""
+    return sorted({round_count(c, size, min_channels=min_channels, round_to=round_to) for c in range(1, size + 1)})
+
+
+def _nearest(values: list[int], target: int) -> int:
+    return min(values, key=lambda value: (abs(value - target), value))
+
+
+def fit_to_budget(scores: Sequence[torch.Tensor], cost: CostModel, *, keep: float, metric: str, min_channels: int,
+                  round_to: int | None) -> list[list[int]]:
+    """Channels to keep, chosen by score, that use as much of the budget as fits and no more.
+
+    Start from the channels scored above 0.5; while over budget, shrink the group whose next channels to go
+    score lowest; then, while something still fits, grow the group whose next channels score highest.
+    Groups move between :func:`allowed_counts`, so ``min_channels`` and ``round_to`` always hold.
+    """
+    order = [torch.argsort(s.detach().float().cpu(), descending=True, stable=True) for s in scores]
+    ranked = [s.detach().float().cpu()[o] for s, o in zip(scores, order, strict=True)]
+    allowed = [allowed_counts(len(s), min_channels=min_channels, round_to=round_to) for s in scores]
+    counts = [_nearest(a, int((r > 0.5).sum())) for a, r in zip(allowed, ranked, strict=True)]
+
+    def fraction(values: list[int]) -> float:
+        return float(cost.keep_fraction(np.array(values), metric))
+
+    def moved(g: int, direction: int) -> int | None:
+        index = allowed[g].index(counts[g]) + direction
+        return allowed[g][index] if 0 <= index < len(allowed[g]) else None
+
+    while fraction(counts) > keep:
+        options = [(float(ranked[g][new:counts[g]].mean()), g, new)
+                   for g in range(len(counts)) if (new := moved(g, -1)) is not None]
+        if not options:
+            raise BudgetError(f"prune.budget.keep={keep} cannot be met with the min_channels/round_to given")
+        _, g, new = min(options)
+        counts[g] = new
+    while True:
+        options = sorted(((float(ranked[g][counts[g]:new].mean()), g, new)
+                          for g in range(len(counts)) if (new := moved(g, +1)) is not None), reverse=True)
+        for _, g, new in options:
+            trial = [*counts[:g], new, *counts[g + 1:]]
+            if fraction(trial) <= keep:
+                counts = trial
+                break
+        else:
+            break
+    return [sorted(o[:c].tolist()) for o, c in zip(order, counts, strict=True)]

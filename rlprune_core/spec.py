@@ -17,7 +17,7 @@ from .errors import SpecError
 
 Arch = Literal["vgg11", "vgg13", "vgg16", "vgg19", "resnet20", "resnet56"]
 DatasetName = Literal["cifar10", "cifar100", "digits", "synthetic", "imagefolder"]
-AgentName = Literal["l1", "random"]
+AgentName = Literal["reinforce", "policy-network", "l1", "random"]
 BaselineName = Literal["l1", "random"]
 ExportFormat = Literal["safetensors", "pt2", "onnx"]
 
@@ -66,14 +66,27 @@ class BudgetSpec(_Strict):
     keep: Fraction = 0.5
 
 
+class RewardSpec(_Strict):
+    """reward = accuracy_weight * accuracy + compression_weight * (1 - cost fraction)
+    - budget_penalty * max(0, cost fraction - keep) / keep"""
+
+    accuracy_weight: NonNegative = 1.0
+    compression_weight: NonNegative = 0.1
+    budget_penalty: NonNegative = 2.0
+
+
 class PruneSpec(_Strict):
-    agent: AgentName = "l1"
+    agent: AgentName = "reinforce"
     budget: BudgetSpec = BudgetSpec()
     steps: Annotated[int, Field(ge=1, le=100_000)] = 100
     samples_per_step: Annotated[int, Field(ge=2, le=1024)] = 16
     eval_samples: Annotated[int, Field(ge=1)] = 1000
     min_channels: Annotated[int, Field(ge=1)] = 1
     round_to: Annotated[int, Field(ge=1, le=256)] | None = None
+    reward: RewardSpec = RewardSpec()
+    lr: Annotated[float, Field(gt=0.0, le=10.0)] = 0.1
+    bn_recalibration: bool = False
+    layer_finetune_steps: Annotated[int, Field(ge=0, le=100_000)] = 20
 
 
 class ExportSpec(_Strict):

@@ -84,6 +84,25 @@ def test_should_stop_halts_the_prune_stage_and_the_job_resumes(tmp_path):
     assert report["final"]["macs"] <= 0.5 * report["baseline"]["macs"]
 
 
+@pytest.mark.parametrize("agent", ["reinforce", "policy-network"])
+def test_rl_agents_run_through_the_whole_pipeline(tmp_path, agent):
+    spec = tiny_spec(pretrain={"epochs": 2}, baselines=["l1", "random"],
+                     prune={"agent": agent, "steps": 8, "samples_per_step": 4, "eval_samples": 64,
+                            "layer_finetune_steps": 2})
+    events = []
+    report = run_pipeline(spec, tmp_path, on_event=events.append)
+    assert report["final"]["macs"] <= 0.5 * report["baseline"]["macs"]
+    assert report["search"]["method"] == agent and report["search"]["candidates"] == 8 * 4
+    assert set(report["baselines"]) == {"l1", "random"}
+    steps = [e for e in events if e.type == "prune_step"]
+    assert len(steps) == 8
+    assert {"mean_reward", "best_reward", "mean_accuracy", "mean_cost_kept"} <= set(steps[-1].data)
+    if agent == "reinforce":
+        assert "mask_cost_kept" in steps[-1].data
+    progress = [e.progress for e in events]
+    assert progress == sorted(progress)
+
+
 WORKER = """
 import json, sys
 from rlprune_core import JobSpec, run_pipeline

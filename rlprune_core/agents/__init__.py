@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from .base import Agent, SearchContext, SearchResult
 from .criteria import L1Agent, RandomAgent
+from .policy_network import PolicyNetworkAgent
+from .reinforce import ReinforceAgent
 
-AGENTS: dict[str, type] = {"l1": L1Agent, "random": RandomAgent}
+AGENTS: dict[str, type] = {
+    "reinforce": ReinforceAgent, "policy-network": PolicyNetworkAgent, "l1": L1Agent, "random": RandomAgent,
+}
 
 
 def get_agent(name: str) -> Agent:

@@ -26,6 +26,8 @@ class SearchContext:
     groups: list[PrunableGroup]
     cost: CostModel
     val: Split  # carved from the training set; the test set is never seen by a search
+    train: Split  # for BatchNorm re-calibration and short finetunes during a search
+    flip: bool  # whether training batches may be flipped
     spec: PruneSpec
     device: torch.device
     seed: int
@@ -38,6 +40,16 @@ class SearchContext:
 class SearchResult:
     kept: list[list[int]]  # per group, indices into the original channels
     summary: dict[str, Any] = field(default_factory=dict)  # the report's ``search`` section
+
+
+CALIBRATION_IMAGES = 512
+
+
+def calibration_images(context: SearchContext) -> Split | None:
+    """Training images to re-estimate BatchNorm statistics under each candidate's mask, when asked for."""
+    if not context.spec.bn_recalibration:
+        return None
+    return Split(context.train.images[:CALIBRATION_IMAGES], context.train.labels[:CALIBRATION_IMAGES])
 
 
 class Agent(Protocol):
