@@ -7,7 +7,7 @@ is an analytic function of the kept counts.
 
 from __future__ import annotations
 
-import copy
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from .cost import CostModel
 from .data import Split
 from .device import prepare_input
-from .masking import masked
+from .masking import CandidateBatchNorm, masked
 from .spec import RewardSpec
 from .structure import PrunableGroup
 
@@ -27,7 +27,6 @@ from .structure import PrunableGroup
 # its caches are slower (measured on 2 cores: 256-1024 images as fast as one pass per candidate, 4096
 # images 35 % slower), so CPU passes stay small.
 IMAGES_PER_PASS = {"cuda": 8192, "cpu": 512}
-CALIBRATION_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -80,42 +79,26 @@ class PruningEnvironment:
     def accuracy(self, masks: Sequence[Tensor], images: Tensor, labels: Tensor) -> np.ndarray:
         """Accuracy of each of K candidates (``masks[g]`` is (K, C_g)), in as few forward passes as fit."""
         k = masks[0].shape[0]
-        if self.calibration is not None:
-            return np.array([self._calibrated_accuracy([m[i: i + 1] for m in masks], images, labels)
-                             for i in range(k)])
         self.model.eval()
-        per_pass = max(1, IMAGES_PER_PASS.get(self.device.type, 512) // len(labels))
+        largest = max(len(labels), 0 if self.calibration is None else len(self.calibration))
+        per_pass = max(1, IMAGES_PER_PASS.get(self.device.type, 512) // largest)
         scores = []
         for start in range(0, k, per_pass):
             chunk = [m[start: start + per_pass].to(self.device) for m in masks]
             n = chunk[0].shape[0]
-            batch = prepare_input(images.repeat(n, 1, 1, 1), self.device)
-            with masked(self.model, self.groups, chunk):
-                predictions = self.model(batch).argmax(1).view(n, len(labels))
+            with contextlib.ExitStack() as stack:
+                if self.calibration is not None:
+                    norms = CandidateBatchNorm(self.model, n)
+                    with norms.collect(), masked(self.model, self.groups, chunk):
+                        self.model(prepare_input(self.calibration.images.repeat(n, 1, 1, 1), self.device))
+                    stack.enter_context(norms.apply())
+                    self.forward_images += n * len(self.calibration)
+                stack.enter_context(masked(self.model, self.groups, chunk))
+                logits = self.model(prepare_input(images.repeat(n, 1, 1, 1), self.device))
+            predictions = logits.argmax(1).view(n, len(labels))
             scores.append((predictions == labels.view(1, -1)).float().mean(1).cpu())
             self.forward_images += n * len(labels)
         return torch.cat(scores).numpy()
-
-    def _calibrated_accuracy(self, masks: Sequence[Tensor], images: Tensor, labels: Tensor) -> float:
-        """Re-estimate every BatchNorm's statistics under this candidate's mask, then score it.
-
-        BatchNorm statistics are per batch, so candidates cannot share a pass here: one pass each.
-        """
-        model = copy.deepcopy(self.model)
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.reset_running_stats()
-                module.momentum = None  # a plain average over the calibration batches
-        model.train()
-        masks = [m.to(self.device) for m in masks]
-        calibration = self.calibration.images
-        with masked(model, self.groups, masks):
-            for start in range(0, len(calibration), CALIBRATION_BATCH):
-                model(prepare_input(calibration[start: start + CALIBRATION_BATCH], self.device))
-            model.eval()
-            predictions = model(prepare_input(images, self.device)).argmax(1)
-        self.forward_images += len(calibration) + len(labels)
-        return float((predictions == labels).float().mean())
 
     def score(self, masks: Sequence[Tensor]) -> StepScores:
         """Accuracy on a fresh validation subset, cost, and reward of each candidate."""

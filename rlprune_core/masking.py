@@ -45,3 +45,60 @@ def masked(model: nn.Module, groups: Sequence[PrunableGroup], masks: Sequence[Te
     finally:
         for handle in handles:
             handle.remove()
+
+
+class CandidateBatchNorm:
+    """Every BatchNorm normalises each of K candidate blocks with statistics of that candidate's own.
+
+    Removing channels shifts what later layers see, so the pretrained running statistics go stale; a
+    candidate scored with them can look far worse than it is after a little training. ``collect()``
+    runs a batch of calibration images per candidate and records per-candidate means and variances;
+    ``apply()`` then normalises the evaluation images with them. Both are single batched passes, so
+    re-calibration costs one extra pass over the calibration images, not one pass per candidate.
+    Enter this context before :func:`masked`, so the statistics are taken before each mask applies.
+    """
+
+    def __init__(self, model: nn.Module, k: int):
+        self.model = model
+        self.k = k
+        self.stats: dict[str, tuple[Tensor, Tensor]] = {}  # per BatchNorm: (K, C) scale and shift
+        self.collecting = True
+
+    def _hook(self, name: str):
+        def hook(module: nn.BatchNorm2d, inputs: tuple, _out: Tensor) -> Tensor:
+            x = inputs[0]
+            # (K, images, C, positions): one reduction over images and positions per candidate and channel
+            shaped = x.reshape(self.k, x.shape[0] // self.k, x.shape[1], -1)
+            if self.collecting:
+                count = shaped.shape[1] * shaped.shape[3]
+                mean = shaped.sum(dim=(1, 3)) / count
+                # unbiased, as running_var would hold it; sum of squares is 2x faster than Tensor.var here
+                var = ((shaped * shaped).sum(dim=(1, 3)) - count * mean * mean) / (count - 1)
+                scale = torch.rsqrt(var.clamp_min(0) + module.eps) * module.weight
+                self.stats[name] = (scale, module.bias - mean * scale)
+            scale, shift = self.stats[name]
+            return torch.addcmul(shift[:, None, :, None], shaped, scale[:, None, :, None]).view(x.shape)
+
+        return hook
+
+    @contextmanager
+    def collect(self) -> Iterator[None]:
+        self.collecting = True
+        with self._hooks():
+            yield
+
+    @contextmanager
+    def apply(self) -> Iterator[None]:
+        self.collecting = False
+        with self._hooks():
+            yield
+
+    @contextmanager
+    def _hooks(self) -> Iterator[None]:
+        handles = [module.register_forward_hook(self._hook(name)) for name, module in self.model.named_modules()
+                   if isinstance(module, nn.BatchNorm2d)]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()

@@ -99,7 +99,7 @@ class _Run:
         self.extra_baselines = [b for b in spec.baselines if b != spec.prune.agent]
         self.plan = {
             "pretrain": float(spec.pretrain.epochs),
-            "prune": 0.5,  # until the data is loaded and the real figure known
+            "prune": 0.0,  # set once the data is loaded: it depends on the training set's size
             "finetune": float(spec.finetune.epochs * (1 + len(self.extra_baselines))),
             "export": EXPORT_UNITS,
         }
@@ -120,9 +120,9 @@ class _Run:
     def save_state(self) -> None:
         _write_json(self.state_path, self.state)
 
-    def finish_stage(self, stage: str, began: float, **figures: Any) -> None:
+    def finish_stage(self, stage: str, began: float, *, seconds: float | None = None, **figures: Any) -> None:
         """Record a stage as done; its time adds to what earlier, interrupted attempts at it spent."""
-        self.state["timings_s"][stage] = figures.pop("seconds", None) or self.stage_seconds(stage, began)
+        self.state["timings_s"][stage] = seconds if seconds is not None else self.stage_seconds(stage, began)
         self.state["done"][stage] = figures
         self.save_state()
 
@@ -130,15 +130,15 @@ class _Run:
     def run(self) -> dict[str, Any]:
         if "export" in self.state["done"]:
             return json.loads((self.dir / "report.json").read_text())
-        if self.state["done"]:
-            self.emit("resumed", STAGES[len(self.state["done"])],
-                      f"resuming after {', '.join(self.state['done'])}", 0.0, done=list(self.state["done"]))
         self.device = resolve_device(self.spec.device)
         torch.manual_seed(self.spec.seed)
         data = load_dataset(self.spec.dataset, self.spec.seed)
         self.data = Dataset(data.train.to(self.device), data.val.to(self.device), data.test.to(self.device),
                             data.classes, data.contract, data.flip)
         self.plan["prune"] = prune_units(self.spec, len(data.train))
+        if self.state["done"]:
+            self.emit("resumed", STAGES[len(self.state["done"])],
+                      f"resuming after {', '.join(self.state['done'])}", 0.0, done=list(self.state["done"]))
         self.input_shape = (data.contract.channels, data.contract.size, data.contract.size)
         self.example = example_input(data.contract).to(self.device)
         self.config = ModelConfig(self.spec.model.arch, data.num_classes, data.contract.channels, self.spec.model.width)

@@ -85,7 +85,7 @@ class PruneSpec(_Strict):
     round_to: Annotated[int, Field(ge=1, le=256)] | None = None
     reward: RewardSpec = RewardSpec()
     lr: Annotated[float, Field(gt=0.0, le=10.0)] = 0.1
-    bn_recalibration: bool = False
+    bn_recalibration: bool = True
     layer_finetune_steps: Annotated[int, Field(ge=0, le=100_000)] = 20
 
 

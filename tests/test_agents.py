@@ -8,7 +8,7 @@ import torch
 from rlprune_core.agents import SearchContext, get_agent
 from rlprune_core.agents.reinforce import LayerAgent, reinforce_step, search_masks
 from rlprune_core.cost import CostModel
-from rlprune_core.data import load_dataset
+from rlprune_core.data import Split, load_dataset
 from rlprune_core.environment import PruningEnvironment, StepScores, normalise_rewards
 from rlprune_core.events import StopCheck, Stopped
 from rlprune_core.models import ModelConfig, build_model
@@ -98,13 +98,30 @@ def test_masked_accuracy_equals_the_physically_pruned_models(tiny):
             cost.macs(np.array(counts[0])) / cost.macs(cost.group_sizes))
 
 
-def test_bn_recalibration_scores_each_candidate(tiny):
-    data, model, groups, cost, _ = tiny
+def test_bn_recalibration_equals_re_estimating_the_pruned_models_statistics(tiny):
+    data, model, groups, cost, example = tiny
+    calibration = Split(data.train.images[:64], data.train.labels[:64])
     environment = PruningEnvironment(model, groups, cost, data.val, metric="macs", keep=0.5, reward=RewardSpec(),
-                                     eval_samples=50, device=CPU, seed=0, calibration=data.train)
-    scores = environment.score([torch.ones(2, g.size) for g in groups])
-    assert scores.accuracy.shape == (2,) and np.all((scores.accuracy >= 0) & (scores.accuracy <= 1))
+                                     eval_samples=100, device=CPU, seed=0, calibration=calibration)
     before = copy.deepcopy(model.state_dict())
+    generator = torch.Generator().manual_seed(2)
+    masks = [torch.bernoulli(torch.full((3, g.size), 0.6), generator=generator) for g in groups]
+    for m in masks:
+        m[:, 0] = 1.0
+    images, labels = data.val.images[:100], data.val.labels[:100]
+    batched = environment.accuracy(masks, images, labels)
+    for k in range(3):
+        pruned = prune_model(model, groups, [torch.nonzero(m[k]).flatten().tolist() for m in masks], example)
+        for module in pruned.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.reset_running_stats()
+                module.momentum = None
+        pruned.train()
+        with torch.no_grad():
+            pruned(calibration.images)
+            pruned.eval()
+            accuracy = float((pruned(images).argmax(1) == labels).float().mean())
+        assert batched[k] == pytest.approx(accuracy)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the model itself is untouched
 
 

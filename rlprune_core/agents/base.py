@@ -12,6 +12,7 @@ from torch import nn
 
 from ..cost import CostModel
 from ..data import Split
+from ..environment import StepScores
 from ..events import StopCheck
 from ..spec import PruneSpec
 from ..structure import PrunableGroup
@@ -42,7 +43,43 @@ class SearchResult:
     summary: dict[str, Any] = field(default_factory=dict)  # the report's ``search`` section
 
 
-CALIBRATION_IMAGES = 512
+CALIBRATION_IMAGES = 128  # per-channel statistics settle well before this; more only slows the search
+
+
+@dataclass
+class SearchHistory:
+    """Per-step figures of a search: the report's reward curve and the throughput figures come from here."""
+
+    mean_reward: list[float] = field(default_factory=list)
+    best_reward: list[float] = field(default_factory=list)
+    mean_accuracy: list[float] = field(default_factory=list)
+    mean_cost: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+
+    def record(self, scores: StepScores, seconds: float) -> None:
+        for values, value in ((self.mean_reward, scores.rewards.mean()), (self.best_reward, scores.rewards.max()),
+                              (self.mean_accuracy, scores.accuracy.mean()),
+                              (self.mean_cost, scores.cost_fraction.mean()), (self.seconds, seconds)):
+            values.append(round(float(value), 6))
+
+    def step_data(self) -> dict[str, float]:
+        """The latest step, as a prune_step event's data."""
+        return {"mean_reward": self.mean_reward[-1], "best_reward": self.best_reward[-1],
+                "mean_accuracy": self.mean_accuracy[-1], "mean_cost_kept": self.mean_cost[-1]}
+
+    def summary(self, method: str, samples: int, kept: list[list[int]], groups: list[PrunableGroup],
+                seconds: float) -> dict[str, Any]:
+        """The report's ``search`` section."""
+        steps = len(self.mean_reward)
+        scoring = sum(self.seconds)
+        return {
+            "method": method, "steps": steps, "candidates": steps * samples,
+            "candidates_per_s": round(steps * samples / scoring, 2) if scoring else None,
+            "seconds": round(seconds, 3),
+            "reward_curve": {"mean": self.mean_reward, "best": self.best_reward},
+            "accuracy_curve": self.mean_accuracy, "cost_curve": self.mean_cost,
+            "layer_keep_ratio": {g.name: round(len(k) / g.size, 4) for g, k in zip(groups, kept, strict=True)},
+        }
 
 
 def calibration_images(context: SearchContext) -> Split | None:

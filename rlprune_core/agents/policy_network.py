@@ -24,11 +24,13 @@ from ..loader import BatchLoader
 from ..masking import masked
 from ..selection import top_k, uniform_counts
 from ..training import save_atomic
-from .base import SearchContext, SearchResult, calibration_images
-from .reinforce import search_summary
+from .base import SearchContext, SearchHistory, SearchResult, calibration_images
 
 FEATURES = 5
 HIDDEN = 32
+# The network's weights move every filter's probability at once, so they take a smaller step than the
+# per-channel logits of the reinforce agent for the same prune.lr.
+NETWORK_LR_SCALE = 0.1
 FINETUNE_LR = 0.01
 FINETUNE_BATCH = 64
 
@@ -89,10 +91,9 @@ class PolicyNetworkAgent:
         )
         torch.manual_seed(context.seed)
         network = PolicyNetwork(float(np.clip(sum(targets) / sum(g.size for g in groups), 0.05, 0.95)))
-        optimizer = torch.optim.Adam(network.parameters(), lr=spec.lr * 0.1)
+        optimizer = torch.optim.Adam(network.parameters(), lr=spec.lr * NETWORK_LR_SCALE)
         masks = [torch.ones(1, g.size, device=context.device) for g in groups]
-        history: dict[str, list[float]] = {"mean_reward": [], "best_reward": [], "mean_accuracy": [],
-                                           "mean_cost": [], "seconds": []}
+        history = SearchHistory()
         first_layer = 0
         checkpoint = context.state_dir / "policy-network.pt"
         if checkpoint.exists():
@@ -100,7 +101,7 @@ class PolicyNetworkAgent:
             network.load_state_dict(state["network"])
             optimizer.load_state_dict(state["optimizer"])
             work.load_state_dict(state["work"])
-            masks, history, first_layer = state["masks"], state["history"], state["layer"]
+            masks, history, first_layer = state["masks"], SearchHistory(**state["history"]), state["layer"]
 
         base_accuracy = float(environment.accuracy([torch.ones(1, g.size) for g in groups], context.val.images,
                                                    context.val.labels)[0])
@@ -124,20 +125,13 @@ class PolicyNetworkAgent:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                for key, value in (("mean_reward", scores.rewards.mean()), ("best_reward", scores.rewards.max()),
-                                   ("mean_accuracy", scores.accuracy.mean()),
-                                   ("mean_cost", scores.cost_fraction.mean()),
-                                   ("seconds", time.perf_counter() - step_began)):
-                    history[key].append(round(float(value), 6))
+                history.record(scores, time.perf_counter() - step_began)
                 done = index * steps_per_layer + step + 1
                 context.report(done / (len(groups) * steps_per_layer),
                                f"layer {index + 1}/{len(groups)} ({groups[index].name}) step {step + 1}/"
                                f"{steps_per_layer}: mean reward {scores.rewards.mean():.3f}", {
                                    "step": done, "steps": len(groups) * steps_per_layer, "layer": groups[index].name,
-                                   "mean_reward": float(scores.rewards.mean()),
-                                   "best_reward": float(scores.rewards.max()),
-                                   "mean_accuracy": float(scores.accuracy.mean()),
-                                   "mean_cost_kept": float(scores.cost_fraction.mean()),
+                                   **history.step_data(),
                                })
             with torch.no_grad():
                 keep = top_k(network(features), target)
@@ -145,11 +139,10 @@ class PolicyNetworkAgent:
                 1, torch.tensor(keep, device=context.device), 1.0)
             self._finetune(work, context, masks, index)
             save_atomic({"network": network.state_dict(), "optimizer": optimizer.state_dict(),
-                         "work": work.state_dict(), "masks": masks, "history": history, "layer": index + 1},
+                         "work": work.state_dict(), "masks": masks, "history": vars(history), "layer": index + 1},
                         checkpoint)
         kept = [torch.nonzero(m[0]).flatten().tolist() for m in masks]
-        summary = search_summary("policy-network", history, spec.samples_per_step, kept, context,
-                                 time.perf_counter() - began)
+        summary = history.summary("policy-network", spec.samples_per_step, kept, groups, time.perf_counter() - began)
         summary["steps_per_layer"] = steps_per_layer
         return SearchResult(kept, summary)
 

@@ -23,7 +23,7 @@ from ..environment import PruningEnvironment, StepScores, normalise_rewards
 from ..events import StopCheck
 from ..selection import fit_to_budget, uniform_counts
 from ..training import save_atomic
-from .base import SearchContext, SearchResult, calibration_images
+from .base import SearchContext, SearchHistory, SearchResult, calibration_images
 
 PROBABILITY_FLOOR = 0.02  # initial keep probabilities stay inside (floor, 1 - floor) so every action is explored
 
@@ -68,15 +68,15 @@ class Scorer(Protocol):
 
 def search_masks(agents: Sequence[LayerAgent], environment: Scorer, *, steps: int, samples: int, lr: float,
                  seed: int, checkpoint: Path | None = None,
-                 on_step: Callable[[int, StepScores], None] | None = None, stop: StopCheck | None = None) -> dict:
+                 on_step: Callable[[int, SearchHistory], None] | None = None,
+                 stop: StopCheck | None = None) -> SearchHistory:
     """Train ``agents`` for ``steps`` REINFORCE steps in ``environment``; resumable from ``checkpoint``.
 
     Returns the search's history (per-step mean and best reward, mean accuracy and cost, seconds).
     """
     optimizer = torch.optim.Adam([a.logits for a in agents], lr=lr)
     generator = torch.Generator().manual_seed(seed)
-    history: dict[str, list[float]] = {"mean_reward": [], "best_reward": [], "mean_accuracy": [],
-                                       "mean_cost": [], "seconds": []}
+    history = SearchHistory()
     start = 0
     if checkpoint is not None and checkpoint.exists():
         state = torch.load(checkpoint, weights_only=True)
@@ -85,7 +85,7 @@ def search_masks(agents: Sequence[LayerAgent], environment: Scorer, *, steps: in
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
         environment.generator.set_state(state["environment"])
-        history, start = state["history"], state["step"]
+        history, start = SearchHistory(**state["history"]), state["step"]
     for step in range(start, steps):
         if stop is not None:
             stop()
@@ -93,17 +93,14 @@ def search_masks(agents: Sequence[LayerAgent], environment: Scorer, *, steps: in
         masks = [agent.sample(samples, generator) for agent in agents]
         scores = environment.score(masks)
         reinforce_step(agents, optimizer, masks, torch.as_tensor(scores.rewards, dtype=torch.float32))
-        for key, value in (("mean_reward", scores.rewards.mean()), ("best_reward", scores.rewards.max()),
-                           ("mean_accuracy", scores.accuracy.mean()), ("mean_cost", scores.cost_fraction.mean()),
-                           ("seconds", time.perf_counter() - began)):
-            history[key].append(round(float(value), 6))
+        history.record(scores, time.perf_counter() - began)
         if checkpoint is not None:
             state = {"logits": [a.logits.detach().clone() for a in agents], "optimizer": optimizer.state_dict(),
                      "generator": generator.get_state(), "environment": environment.generator.get_state(),
-                     "history": history, "step": step + 1}
+                     "history": vars(history), "step": step + 1}
             save_atomic(state, checkpoint)
         if on_step is not None:
-            on_step(step + 1, scores)
+            on_step(step + 1, history)
     return history
 
 
@@ -118,21 +115,17 @@ class ReinforceAgent:
         # Start every layer at the uniform keep ratio that meets the budget, so early samples are near it.
         start_counts = uniform_counts(context.cost, keep=spec.budget.keep, metric=spec.budget.metric,
                                       min_channels=spec.min_channels, round_to=spec.round_to)
-        torch.manual_seed(context.seed)
         agents = [LayerAgent(g.size, c / g.size) for g, c in zip(context.groups, start_counts, strict=True)]
 
         def fit() -> list[list[int]]:
             return fit_to_budget([a.probabilities() for a in agents], context.cost, keep=spec.budget.keep,
                                  metric=spec.budget.metric, min_channels=spec.min_channels, round_to=spec.round_to)
 
-        def on_step(step: int, scores: StepScores) -> None:
+        def on_step(step: int, history: SearchHistory) -> None:
             threshold = np.array([[int((a.probabilities() > 0.5).sum()) for a in agents]])
             context.report(step / spec.steps, f"search step {step}/{spec.steps}: mean reward "
-                           f"{scores.rewards.mean():.3f}, mean accuracy {scores.accuracy.mean():.2%}", {
-                               "step": step, "steps": spec.steps,
-                               "mean_reward": float(scores.rewards.mean()), "best_reward": float(scores.rewards.max()),
-                               "mean_accuracy": float(scores.accuracy.mean()),
-                               "mean_cost_kept": float(scores.cost_fraction.mean()),
+                           f"{history.mean_reward[-1]:.3f}, mean accuracy {history.mean_accuracy[-1]:.2%}", {
+                               "step": step, "steps": spec.steps, **history.step_data(),
                                "mask_cost_kept": float(environment.cost_fraction(threshold)[0]),
                            })
 
@@ -141,20 +134,5 @@ class ReinforceAgent:
                                lr=spec.lr, seed=context.seed, checkpoint=context.state_dir / "reinforce.pt",
                                on_step=on_step, stop=context.stop)
         kept = fit()
-        return SearchResult(kept, search_summary("reinforce", history, spec.samples_per_step, kept, context,
-                                                 time.perf_counter() - began))
-
-
-def search_summary(method: str, history: dict[str, list[float]], samples: int, kept: list[list[int]],
-                   context: SearchContext, seconds: float) -> dict:
-    """The report's ``search`` section."""
-    steps = len(history["mean_reward"])
-    search_seconds = sum(history["seconds"])
-    return {
-        "method": method, "steps": steps, "candidates": steps * samples,
-        "candidates_per_s": round(steps * samples / search_seconds, 2) if search_seconds else None,
-        "seconds": round(seconds, 3),
-        "reward_curve": {"mean": history["mean_reward"], "best": history["best_reward"]},
-        "accuracy_curve": history["mean_accuracy"], "cost_curve": history["mean_cost"],
-        "layer_keep_ratio": {g.name: round(len(k) / g.size, 4) for g, k in zip(context.groups, kept, strict=True)},
-    }
+        return SearchResult(kept, history.summary("reinforce", spec.samples_per_step, kept, context.groups,
+                                                  time.perf_counter() - began))
