@@ -1,0 +1,69 @@
+"""Response bodies: what clients see of jobs, events and artifacts."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+from store.models import Artifact, Job, JobEvent
+
+
+class JobOut(BaseModel):
+    id: str
+    name: str
+    status: str
+    stage: str | None
+    progress: float
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    spec: dict[str, Any]
+    metrics: dict[str, Any] | None
+    error: dict[str, Any] | None
+    links: dict[str, str]
+
+    @classmethod
+    def of(cls, job: Job) -> JobOut:
+        base = f"/jobs/{job.id}"
+        return cls(id=job.id, name=job.name, status=job.status, stage=job.stage, progress=job.progress,
+                   created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at, spec=job.spec,
+                   metrics=job.metrics, error=job.error,
+                   links={"self": base, "events": f"{base}/events", "artifacts": f"{base}/artifacts",
+                          "cancel": f"{base}/cancel"})
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    next: str | None  # the URL of the next page, when this one is full
+
+
+class EventOut(BaseModel):
+    id: int
+    at: datetime
+    type: str
+    stage: str | None
+    message: str
+    data: dict[str, Any]
+
+    @classmethod
+    def of(cls, event: JobEvent) -> EventOut:
+        return cls(id=event.id, at=event.at, type=event.type, stage=event.stage, message=event.message,
+                   data=event.data)
+
+
+class EventPage(BaseModel):
+    items: list[EventOut]
+    next: str | None
+
+
+class ArtifactOut(BaseModel):
+    name: str
+    bytes: int
+    sha256: str
+    media_type: str
+
+    @classmethod
+    def of(cls, artifact: Artifact) -> ArtifactOut:
+        return cls(name=artifact.name, bytes=artifact.bytes, sha256=artifact.sha256, media_type=artifact.media_type)

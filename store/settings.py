@@ -1,0 +1,45 @@
+"""Every setting of the service, read from the environment (prefix ``RLPRUNE_``) or a ``.env`` file."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RLPRUNE_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(Path("rlprune-data"), description="root of the embedded default's files")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite under data_dir")
+    broker_url: str | None = Field(None, description="Celery broker; default: the database via SQLAlchemy")
+    artifact_dir: Path | None = Field(None, description="job work folders and artifacts; default: data_dir/jobs")
+    dataset_dir: Path | None = Field(None, description="where a relative dataset.root points")
+    lease_seconds: float = Field(60.0, gt=0, description="a running job's lease; renewed by heartbeats")
+    heartbeat_seconds: float = Field(10.0, gt=0, description="how often a worker renews its lease")
+    max_attempts: int = Field(3, ge=1, description="runs of a job (first run and resumptions) before it fails")
+    progress_interval_seconds: float = Field(1.0, ge=0, description="minimum time between progress writes")
+    max_body_bytes: int = Field(1 << 20, ge=1, description="request bodies above this are refused with 413")
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'rlprune.db').resolve()}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or f"sqla+{self.resolved_database_url}"
+
+    @property
+    def resolved_artifact_dir(self) -> Path:
+        return self.artifact_dir or self.data_dir / "jobs"
+
+    @property
+    def resolved_dataset_dir(self) -> Path:
+        return self.dataset_dir or self.data_dir / "datasets"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,60 @@
+"""Real databases for the store's tests: a throwaway PostgreSQL database and a SQLite file.
+
+PostgreSQL comes from RLPRUNE_TEST_POSTGRES_URL (default: the local server, database ``test``). Outside
+CI a missing server skips these tests; in CI (CI=true) it fails them, because a skip there would hide it.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+POSTGRES_URL = os.environ.get("RLPRUNE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def _unavailable(what: str, error: Exception) -> None:
+    message = f"{what} is unreachable: {error}"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@contextmanager
+def fresh_postgres() -> Iterator[str]:
+    """A new, empty PostgreSQL database for one test, dropped afterwards."""
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    name = f"rlprune_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as error:  # any failure to reach or use the server
+        admin.dispose()
+        _unavailable("PostgreSQL", error)
+    try:
+        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+REDIS_URL = os.environ.get("RLPRUNE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def fresh_redis() -> str:
+    """An emptied Redis database (by default number 15 of the local server) for one test module."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+        client.flushdb()
+        client.close()
+    except Exception as error:
+        _unavailable("Redis", error)
+    return REDIS_URL
