@@ -16,6 +16,7 @@ class JobOut(BaseModel):
     status: str
     stage: str | None
     progress: float
+    attempts: int  # runs so far; above 1 when the job was resumed after a worker died
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -28,6 +29,7 @@ class JobOut(BaseModel):
     def of(cls, job: Job) -> JobOut:
         base = f"/jobs/{job.id}"
         return cls(id=job.id, name=job.name, status=job.status, stage=job.stage, progress=job.progress,
+                   attempts=job.attempts,
                    created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at, spec=job.spec,
                    metrics=job.metrics, error=job.error,
                    links={"self": base, "events": f"{base}/events", "artifacts": f"{base}/artifacts",

@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from .models import FINISHED, ApiKey, Artifact, Job, JobEvent, utcnow
@@ -120,3 +121,51 @@ def events_after(session: Session, job_id: str, after: int, limit: int) -> list[
 
 def artifacts_of(session: Session, job_id: str) -> list[Artifact]:
     return list(session.scalars(select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.name)))
+
+
+# -- workers ----------------------------------------------------------------------------------------
+def claim(session: Session, job_id: str, owner: str, lease_seconds: float) -> bool:
+    """Take a queued job for ``owner``. Conditional, so two workers can never both win."""
+    now = utcnow()
+    done = session.execute(update(Job).where(Job.id == job_id, Job.status == "queued").values(
+        status="running", lease_owner=owner, lease_expires_at=now + timedelta(seconds=lease_seconds),
+        attempts=Job.attempts + 1, started_at=func.coalesce(Job.started_at, now), version=Job.version + 1))
+    return done.rowcount == 1
+
+
+def renew_lease(session: Session, job_id: str, owner: str, lease_seconds: float) -> str | None:
+    """Extend the lease; returns the job's status, or None when the lease was lost to the reaper."""
+    done = session.execute(update(Job).where(Job.id == job_id, Job.lease_owner == owner).values(
+        lease_expires_at=utcnow() + timedelta(seconds=lease_seconds)))
+    if done.rowcount != 1:
+        return None
+    return session.scalar(select(Job.status).where(Job.id == job_id))
+
+
+def expired_jobs(session: Session) -> list[str]:
+    query = select(Job.id).where(Job.status.in_(("running", "cancelling")), Job.lease_expires_at < utcnow())
+    return list(session.scalars(query))
+
+
+def requeue_expired(session: Session, job_id: str, max_attempts: int) -> str | None:
+    """A job whose worker died: queue it again (returns "queued"), or fail it after max_attempts.
+
+    Conditional on the lease still being expired, so concurrent reapers act once. A job that was being
+    cancelled is simply cancelled.
+    """
+    job = session.scalar(select(Job).where(Job.id == job_id, Job.status.in_(("running", "cancelling")),
+                                           Job.lease_expires_at < utcnow()).with_for_update())
+    if job is None:
+        return None
+    lost = f"worker {job.lease_owner} stopped renewing its lease"
+    if job.status == "cancelling":
+        touch(job, status="cancelled", finished_at=utcnow(), lease_owner=None, lease_expires_at=None)
+        add_event(session, job, "cancelled", job.stage, f"cancelled ({lost})")
+    elif job.attempts >= max_attempts:
+        touch(job, status="failed", finished_at=utcnow(), lease_owner=None, lease_expires_at=None,
+              error={"code": "worker_lost", "message": f"{lost}; gave up after {job.attempts} attempts"})
+        add_event(session, job, "failed", job.stage, job.error["message"])
+    else:
+        touch(job, status="queued", lease_owner=None, lease_expires_at=None)
+        add_event(session, job, "requeued", job.stage, f"{lost}; queued again (attempt {job.attempts + 1})")
+    return job.status

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import shutil
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import FileResponse
+from sse_starlette import EventSourceResponse
+from starlette.concurrency import run_in_threadpool
 
 from rlprune_core.spec import JobSpec
 from store import jobs as store
@@ -21,6 +25,7 @@ from ..schemas import ArtifactOut, EventOut, EventPage, JobOut, JobPage
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 NOT_FOUND = Problem(404, "Not Found", "no such job")
+STREAM_POLL_SECONDS = 0.5
 
 
 def _job(session: SessionDep, tenant: str, job_id: str) -> Job:
@@ -98,11 +103,37 @@ def delete(job_id: str, session: SessionDep, tenant: TenantDep, settings: Settin
 
 @router.get("/{job_id}/events", response_model=EventPage)
 def events(job_id: str, request: Request, session: SessionDep, tenant: TenantDep,
-           after: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> EventPage:
+           after: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+           accept: Annotated[str, Header()] = "", last_event_id: Annotated[int | None, Header()] = None,
+           ) -> EventPage | EventSourceResponse:
+    """Paged JSON, or with ``Accept: text/event-stream`` a live stream that ends when the job finishes."""
     _job(session, tenant, job_id)
+    if "text/event-stream" in accept:
+        start = last_event_id if last_event_id is not None else after
+        return EventSourceResponse(_stream(request, job_id, start), ping=15)
     page = store.events_after(session, job_id, after, limit)
     following = str(request.url.include_query_params(after=page[-1].id)) if len(page) == limit else None
     return EventPage(items=[EventOut.of(e) for e in page], next=following)
+
+
+async def _stream(request: Request, job_id: str, after: int) -> AsyncIterator[dict[str, str]]:
+    sessions = request.app.state.sessions
+
+    def poll(last: int) -> tuple[list[EventOut], str | None]:
+        with sessions() as session:
+            job = session.get(Job, job_id)
+            return [EventOut.of(e) for e in store.events_after(session, job_id, last, 500)], job and job.status
+
+    last = after
+    while not await request.is_disconnected():
+        batch, status = await run_in_threadpool(poll, last)
+        for event in batch:
+            last = event.id
+            yield {"id": str(event.id), "event": event.type, "data": event.model_dump_json()}
+        if status is None or (status in FINISHED and not batch):
+            return
+        if not batch:
+            await asyncio.sleep(STREAM_POLL_SECONDS)
 
 
 @router.get("/{job_id}/artifacts", response_model=list[ArtifactOut])

@@ -1,0 +1,33 @@
+"""The Celery application. Start one worker per GPU::
+
+    celery -A worker.app worker --pool=solo --concurrency=1 --prefetch-multiplier=1
+
+Late acks with prefetch 1: a worker takes a job only when it is free, and a message is acknowledged
+only after its job is done. Recovery from a dead worker does not rely on the broker's redelivery,
+though: leases in the database (see ``reaper``) bring the job back within ``lease_seconds``.
+"""
+
+from __future__ import annotations
+
+from celery import Celery, signals
+
+from store.settings import get_settings
+
+settings = get_settings()
+app = Celery("rlprune", broker=settings.resolved_broker_url, include=["worker.tasks"], set_as_current=True)
+app.conf.update(
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    worker_concurrency=1,
+    worker_pool="solo",
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+)
+
+
+@signals.worker_ready.connect
+def _start_reaper(**_kwargs) -> None:
+    from .reaper import start_reaper
+
+    start_reaper(settings, app)
