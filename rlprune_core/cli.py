@@ -18,14 +18,18 @@ from .spec import JobSpec
 console = Console(stderr=True)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rlprune", description="Shrink convnets by RL-driven channel pruning.")
-    commands = parser.add_subparsers(dest="command", required=True)
+def add_run_command(commands: argparse._SubParsersAction) -> None:
     run = commands.add_parser("run", help="run a prune job from a JSON/YAML spec; re-run to resume")
     run.add_argument("spec", type=Path, help="job spec file (JSON or YAML)")
     run.add_argument("--out", type=Path, required=True, help="work folder: checkpoints and artifacts")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
-    return parser
+    run.set_defaults(handler=run_command)
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="rlprune", description="Shrink convnets by RL-driven channel pruning.")
+    add_run_command(root.add_subparsers(dest="command", required=True))
+    return root
 
 
 def _summary(report: dict) -> Table:
@@ -50,7 +54,7 @@ def _summary(report: dict) -> Table:
     return table
 
 
-def _run(args: argparse.Namespace) -> int:
+def run_command(args: argparse.Namespace) -> int:
     spec = JobSpec.from_file(args.spec)
     from .events import Event, Stopped  # torch loads here, after the spec is known to be good
     from .pipeline import run_pipeline
@@ -76,16 +80,20 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def dispatch(args: argparse.Namespace) -> int:
+    """Run the chosen command; a user-facing error becomes one line on stderr and a non-zero exit."""
     # Exporters and optional-dependency probes are chatty; a CLI user wants the progress bar and the table.
     warnings.filterwarnings("ignore")
     logging.getLogger("torch").setLevel(logging.ERROR)
     try:
-        return _run(args)
+        return args.handler(args)
     except RlpruneError as exc:
         print(f"rlprune: error: {exc}", file=sys.stderr)
         return 2 if exc.code == "invalid_spec" else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    return dispatch(parser().parse_args(argv))
 
 
 if __name__ == "__main__":

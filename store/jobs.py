@@ -142,6 +142,16 @@ def renew_lease(session: Session, job_id: str, owner: str, lease_seconds: float)
     return session.scalar(select(Job.status).where(Job.id == job_id))
 
 
+def release(session: Session, job_id: str, owner: str) -> bool:
+    """Give a job back to the queue because its worker is shutting down; that run is not counted."""
+    job = session.scalar(select(Job).where(Job.id == job_id, Job.lease_owner == owner).with_for_update())
+    if job is None:
+        return False
+    touch(job, status="queued", lease_owner=None, lease_expires_at=None, attempts=job.attempts - 1)
+    add_event(session, job, "requeued", job.stage, "the worker shut down; queued again")
+    return True
+
+
 def expired_jobs(session: Session) -> list[str]:
     query = select(Job.id).where(Job.status.in_(("running", "cancelling")), Job.lease_expires_at < utcnow())
     return list(session.scalars(query))

@@ -14,7 +14,7 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(Path("rlprune-data"), description="root of the embedded default's files")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite under data_dir")
-    broker_url: str | None = Field(None, description="Celery broker; default: the database via SQLAlchemy")
+    broker_url: str | None = Field(None, description="Celery broker; default: a SQLite file beside the database")
     artifact_dir: Path | None = Field(None, description="job work folders and artifacts; default: data_dir/jobs")
     dataset_dir: Path | None = Field(None, description="where a relative dataset.root points")
     lease_seconds: float = Field(60.0, gt=0, description="a running job's lease; renewed by heartbeats")
@@ -29,7 +29,9 @@ class Settings(BaseSettings):
 
     @property
     def resolved_broker_url(self) -> str:
-        return self.broker_url or f"sqla+{self.resolved_database_url}"
+        """Celery's SQLAlchemy transport needs no broker server; a file of its own keeps its tables out of
+        the schema Alembic owns."""
+        return self.broker_url or f"sqla+sqlite:///{(self.data_dir / 'broker.db').resolve()}"
 
     @property
     def resolved_artifact_dir(self) -> Path:

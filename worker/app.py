@@ -26,6 +26,15 @@ app.conf.update(
 )
 
 
+@signals.worker_shutting_down.connect
+def _stop_running_job(**_kwargs) -> None:
+    """A warm shutdown would wait for the job to finish; instead the job stops at its next check and
+    goes back to the queue, to resume from its checkpoint on the next worker."""
+    from .runner import SHUTTING_DOWN
+
+    SHUTTING_DOWN.set()
+
+
 @signals.worker_ready.connect
 def _start_reaper(**_kwargs) -> None:
     from .reaper import start_reaper

@@ -20,6 +20,7 @@ from store.settings import Settings
 
 log = logging.getLogger("rlprune.worker")
 ALWAYS_WRITTEN = {"stage", "resumed", "completed"}
+SHUTTING_DOWN = threading.Event()  # set by the worker's shutdown signal
 CHECK_SECONDS = 2.0  # cancellation reaches a running job within this, plus the pipeline's own half second
 
 
@@ -81,7 +82,7 @@ class JobRunner:
                 self.lost.set()
             elif status == "cancelling":
                 self.cancelled.set()
-        return self.cancelled.is_set() or self.lost.is_set()
+        return self.cancelled.is_set() or self.lost.is_set() or SHUTTING_DOWN.is_set()
 
     def _on_event(self, event) -> None:
         self.buffer.append(event)
@@ -124,6 +125,8 @@ class JobRunner:
             if self.lost.is_set():
                 log.warning("job %s: lease lost; another worker will carry on", self.job_id)
                 return "lease lost"
+            if SHUTTING_DOWN.is_set() and not self.cancelled.is_set():
+                return self._release()
             self._finish("cancelled", message="cancelled while running")
             return "cancelled"
         except RlpruneError as exc:
@@ -137,6 +140,19 @@ class JobRunner:
         self._record_artifacts(workdir, report)
         self._finish("succeeded", metrics={k: v for k, v in report.items() if k != "spec"}, progress=1.0)
         return "succeeded"
+
+    def _release(self) -> str:
+        from api.dispatch import send_job
+
+        from .app import app
+
+        self._flush()
+        with transaction(self.sessions) as session:
+            released = store.release(session, self.job_id, self.owner)
+        if released:
+            send_job(app, self.job_id)
+        log.warning("job %s: worker shutting down; job queued again", self.job_id)
+        return "released"
 
     def _finish(self, status: str, message: str | None = None, **fields: Any) -> None:
         """The terminal state, always written (and only by the lease holder)."""

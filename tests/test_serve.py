@@ -1,0 +1,88 @@
+"""``rlprune serve``: the embedded default (SQLite, no broker server) end to end, and a clean Ctrl-C."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+import torch
+
+from rlprune_core import load_model
+from rlprune_core.data import load_dataset
+from rlprune_core.spec import JobSpec
+from rlprune_core.training import evaluate
+
+from .conftest import REPO, tiny_spec
+from .processes import free_port
+from .test_service_e2e import all_events, finished, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def start_serve(data_dir) -> tuple[subprocess.Popen, httpx.Client]:
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--data-dir",
+                                str(data_dir)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1", "RLPRUNE_HEARTBEAT_SECONDS": "1",
+                                    "RLPRUNE_LEASE_SECONDS": "5"})
+    key = None
+    for line in process.stdout:
+        if line.startswith("API key: "):
+            key = line.removeprefix("API key: ").strip()
+            break
+    assert key, "serve printed no API key"
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"},
+                          timeout=30)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if client.get("/readyz").status_code == 200:
+                return process, client
+        except httpx.TransportError:
+            time.sleep(0.2)
+    raise AssertionError("serve did not become ready")
+
+
+def stop_serve(process: subprocess.Popen) -> int:
+    process.send_signal(signal.SIGINT)
+    return process.wait(timeout=60)
+
+
+def test_serve_runs_a_job_to_a_downloadable_model(tmp_path):
+    process, client = start_serve(tmp_path / "data")
+    try:
+        spec = tiny_spec(export={"formats": ["safetensors", "onnx"]})
+        job = client.post("/jobs", json=spec.model_dump(mode="json")).json()
+        done = wait_for(client, job["id"], finished)
+        assert done["status"] == "succeeded", done["error"]
+        for artifact in client.get(f"/jobs/{job['id']}/artifacts").json():
+            content = client.get(f"/jobs/{job['id']}/artifacts/{artifact['name']}").content
+            assert hashlib.sha256(content).hexdigest() == artifact["sha256"]
+            (tmp_path / artifact["name"]).write_bytes(content)
+        data = load_dataset(JobSpec.model_validate(done["spec"]).dataset, 0)
+        accuracy = evaluate(load_model(tmp_path), data.test, torch.device("cpu"))
+        assert accuracy == pytest.approx(done["metrics"]["final"]["accuracy"], abs=0.005)
+    finally:
+        assert stop_serve(process) == 0
+
+
+def test_ctrl_c_requeues_the_running_job_and_the_next_start_resumes_it(tmp_path):
+    process, client = start_serve(tmp_path / "data")
+    job = client.post("/jobs", json=tiny_spec(pretrain={"epochs": 6}).model_dump(mode="json")).json()
+    wait_for(client, job["id"], lambda j: any(e["type"] == "epoch" for e in all_events(client, job["id"])))
+    assert stop_serve(process) == 0
+
+    process, client = start_serve(tmp_path / "data")  # a new key, same local tenant: the job is visible
+    try:
+        done = wait_for(client, job["id"], finished)
+        assert done["status"] == "succeeded" and done["attempts"] == 1  # the interrupted run is not counted
+        types = [e["type"] for e in all_events(client, job["id"])]
+        assert "requeued" in types and "resumed" in types
+    finally:
+        assert stop_serve(process) == 0
