@@ -1,4 +1,4 @@
-# Two commands do all set-up on a bare machine with Python 3.11+: `make demo` and `make test`.
+# Two commands do all set-up on a bare machine with Python 3.11+: `make serve` and `make test`.
 # Without uv on the PATH, uv is installed from PyPI into .tools/ on first use; `uv run` then creates
 # .venv from uv.lock and keeps it in sync.
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
@@ -6,10 +6,13 @@ UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 .tools/bin/uv:
 	python3 -m venv .tools && .tools/bin/pip install --quiet uv
 
-.PHONY: demo test lint bench
+.PHONY: serve demo test lint
+
+serve: $(filter .tools/bin/uv,$(UV))  ## the API and one worker on an embedded store (SQLite), at http://127.0.0.1:8000
+	$(UV) run --frozen rlprune serve
 
 demo: $(filter .tools/bin/uv,$(UV))  ## prune a VGG-11 on the bundled digits to <= 50 % of its MACs (about a minute on a laptop CPU)
-	$(UV) run --frozen rlprune run examples/digits.yaml --out runs/digits
+	$(UV) run --frozen rlprune run examples/digits.json --out runs/digits
 
 test: $(filter .tools/bin/uv,$(UV))  ## the test suite, then the linter
 	$(UV) run --frozen pytest -q

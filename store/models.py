@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
 
 JOB_STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -22,9 +23,19 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
+class UTCDateTime(TypeDecorator):
+    """Timestamps in UTC, timezone-aware on the way out too: SQLite stores them without an offset."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
 class Base(DeclarativeBase):
     type_annotation_map: ClassVar = {
-        dict[str, Any]: JSON().with_variant(JSONB, "postgresql"), datetime: DateTime(timezone=True),
+        dict[str, Any]: JSON().with_variant(JSONB, "postgresql"), datetime: UTCDateTime(),
     }
 
 

@@ -61,6 +61,7 @@ def test_serve_runs_a_job_to_a_downloadable_model(tmp_path):
         job = client.post("/jobs", json=spec.model_dump(mode="json")).json()
         done = wait_for(client, job["id"], finished)
         assert done["status"] == "succeeded", done["error"]
+        assert all(done[t].endswith(("Z", "+00:00")) for t in ("created_at", "started_at", "finished_at"))
         for artifact in client.get(f"/jobs/{job['id']}/artifacts").json():
             content = client.get(f"/jobs/{job['id']}/artifacts/{artifact['name']}").content
             assert hashlib.sha256(content).hexdigest() == artifact["sha256"]
