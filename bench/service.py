@@ -55,7 +55,10 @@ def measure_dispatch(database_url: str, env: dict[str, str], logs: Path) -> dict
         latencies = []
         for index in range(DISPATCHES + 1):  # the first warms the worker up (imports torch) and is not counted
             job_id = client.post("/jobs", json=FAST_FAILING_JOB).json()["id"]
+            deadline = time.monotonic() + 120
             while client.get(f"/jobs/{job_id}").json()["status"] not in ("failed", "succeeded", "cancelled"):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"job {job_id} was never run; see the worker log in {logs}")
                 time.sleep(0.05)
             with sessions() as session:
                 job = session.scalar(select(Job).where(Job.id == job_id))

@@ -57,7 +57,7 @@ def stop_serve(process: subprocess.Popen) -> int:
 def test_serve_runs_a_job_to_a_downloadable_model(tmp_path):
     process, client = start_serve(tmp_path / "data")
     try:
-        spec = tiny_spec(export={"formats": ["safetensors", "onnx"]})
+        spec = tiny_spec()
         job = client.post("/jobs", json=spec.model_dump(mode="json")).json()
         done = wait_for(client, job["id"], finished)
         assert done["status"] == "succeeded", done["error"]

@@ -124,7 +124,7 @@ def test_cancelling_a_running_job_stops_it_within_seconds(service):
 def test_a_killed_worker_loses_nothing(service):
     running, client = service
     first = running.start_worker("doomed")
-    job = client.post("/jobs", json=tiny_spec(pretrain={"epochs": 8}).model_dump(mode="json")).json()
+    job = client.post("/jobs", json=tiny_spec(pretrain={"epochs": 5}).model_dump(mode="json")).json()
     wait_for(client, job["id"], lambda j: any(e["type"] == "epoch" and e["data"]["epoch"] >= 2
                                              for e in all_events(client, job["id"])))
     os.killpg(first.pid, signal.SIGKILL)
