@@ -131,6 +131,13 @@ def batched_vs_sequential(dataset: str, checkpoint: Path, recalibrate: bool, can
             "speedup": round(sequential_s / batched_s, 2)}
 
 
+def _portable(config: dict) -> dict:
+    """The dataset configuration with folders relative to the repository, as a reader's checkout has them."""
+    repo = Path(__file__).resolve().parents[1]
+    text = json.dumps(config).replace(str(SUBSET), os.path.relpath(SUBSET, repo))
+    return json.loads(text)
+
+
 def _mean_std(values: list[float]) -> str:
     values = [v for v in values if v is not None]
     if not values:
@@ -171,7 +178,7 @@ def main() -> None:
         weights = args.workdir / f"{dataset}-{args.seeds[0]}-l1" / "pretrained.safetensors"
         throughput += [batched_vs_sequential(dataset, weights, recalibrate) for recalibrate in (False, True)]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    data = {"environment": environment(device), "search": SEARCH, "datasets": DATASETS, "rows": rows,
+    data = {"environment": environment(device), "search": SEARCH, "datasets": _portable(DATASETS), "rows": rows,
             "batched_vs_sequential": throughput, "wall_s": round(time.perf_counter() - began, 1)}
     speed = "\n".join(f"| {t['dataset']} | {'yes' if t['bn_recalibration'] else 'no'} | "
                       f"{t['batched_candidates_per_s']} | {t['sequential_candidates_per_s']} | {t['speedup']}x |"
