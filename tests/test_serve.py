@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -59,13 +60,20 @@ def test_serve_runs_a_job_to_a_downloadable_model(tmp_path):
     try:
         spec = tiny_spec()
         job = client.post("/jobs", json=spec.model_dump(mode="json")).json()
-        done = wait_for(client, job["id"], finished)
+        with client.stream("GET", f"/jobs/{job['id']}/events", headers={"Accept": "text/event-stream"},
+                           timeout=300) as stream:
+            streamed = [json.loads(line[5:]) for line in stream.iter_lines() if line.startswith("data:")]
+        assert streamed[-1]["type"] == "succeeded"
+        assert [e["id"] for e in streamed] == [e["id"] for e in all_events(client, job["id"])]
+        done = client.get(f"/jobs/{job['id']}").json()
         assert done["status"] == "succeeded", done["error"]
         assert all(done[t].endswith(("Z", "+00:00")) for t in ("created_at", "started_at", "finished_at"))
         for artifact in client.get(f"/jobs/{job['id']}/artifacts").json():
             content = client.get(f"/jobs/{job['id']}/artifacts/{artifact['name']}").content
             assert hashlib.sha256(content).hexdigest() == artifact["sha256"]
             (tmp_path / artifact["name"]).write_bytes(content)
+        ranged = client.get(f"/jobs/{job['id']}/artifacts/model.safetensors", headers={"Range": "bytes=8-63"})
+        assert ranged.status_code == 206 and ranged.content == (tmp_path / "model.safetensors").read_bytes()[8:64]
         data = load_dataset(JobSpec.model_validate(done["spec"]).dataset, 0)
         accuracy = evaluate(load_model(tmp_path), data.test, torch.device("cpu"))
         assert accuracy == pytest.approx(done["metrics"]["final"]["accuracy"], abs=0.005)
