@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from celery.exceptions import Reject
 from sqlalchemy import select
 
 from store import jobs as store
@@ -39,6 +40,11 @@ class JobRunner:
         self.last_check = 0.0
 
     def run(self) -> str:
+        if SHUTTING_DOWN.is_set():
+            # A worker draining its queue on shutdown must not start jobs: hand the message back unacked
+            # (late acks), so the job waits in the queue for the next worker.
+            self.engine.dispose()
+            raise Reject("worker shutting down", requeue=True)
         try:
             with transaction(self.sessions) as session:
                 if not store.claim(session, self.job_id, self.owner, self.settings.lease_seconds):
