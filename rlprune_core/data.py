@@ -2,15 +2,21 @@
 
 The validation split is carved from the training set (it drives the prune search); the test set is only
 ever used for reported accuracy. Images are held whole in memory so the loader can serve them from the
-training device and augment in batches.
+training device and augment in batches; :mod:`rlprune_core.footprint` says how much memory that takes, and
+the loading below is arranged so that figure holds (sources convert a chunk at a time, normalising works in
+place).
 """
 
 from __future__ import annotations
 
+import os
+import pickle
+import tarfile
 import urllib.error
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,11 +24,20 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import DataError
+from .footprint import (
+    CHUNK_BYTES,
+    DIGITS_TRAIN,
+    FLOAT_BYTES,
+    IMAGEFOLDER_CHANNELS,
+    SYNTHETIC_CLASSES,
+    SYNTHETIC_TEST,
+    SYNTHETIC_TRAIN,
+    check_dataset_bytes,
+    dataset_bytes,
+    loaded_bytes,
+)
+from .locations import Locations
 from .spec import DatasetSpec
-
-SYNTHETIC_CLASSES = 10
-SYNTHETIC_TRAIN, SYNTHETIC_TEST = 4000, 1000
-DIGITS_TRAIN = 1437  # scikit-learn's first 1437 digits train, the last 360 test
 
 
 @dataclass(frozen=True)
@@ -68,16 +83,24 @@ class Dataset:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def to(self, device: torch.device) -> Dataset:
+        return Dataset(self.train.to(device), self.val.to(device), self.test.to(device), self.classes,
+                       self.contract, self.flip)
 
-def load_dataset(spec: DatasetSpec, seed: int) -> Dataset:
-    """Load, resize, normalise and split the dataset a spec names."""
-    loaders = {
-        "cifar10": _cifar, "cifar100": _cifar, "digits": _digits,
-        "synthetic": _synthetic, "imagefolder": _imagefolder,
-    }
-    raw = loaders[spec.name](spec, seed)
-    train_x, train_y = _resize(raw.train_x, spec.image_size), raw.train_y
-    test_x, test_y = _resize(raw.test_x, spec.image_size), raw.test_y
+
+def load_dataset(spec: DatasetSpec, seed: int, locations: Locations | None = None) -> Dataset:
+    """Load, resize, normalise and split the dataset a spec names, reading from where ``locations`` says.
+
+    Without ``locations`` the spec's own root and download flag are used, as on a local machine. When
+    ``locations.max_dataset_bytes`` is set, a dataset that would need more is refused before it is loaded.
+    """
+    locations = locations or Locations.for_dataset(spec)
+    needed = dataset_bytes(spec)
+    if needed is not None:
+        check_dataset_bytes(needed, locations.max_dataset_bytes,
+                            f"{spec.name} at {spec.image_size}x{spec.image_size} pixels")
+    raw = _LOADERS[spec.name](spec, seed, locations)
+    train_x, train_y, test_x, test_y = raw.train_x, raw.train_y, raw.test_x, raw.test_y
 
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(train_y), generator=generator)
@@ -88,27 +111,24 @@ def load_dataset(spec: DatasetSpec, seed: int) -> Dataset:
         raise DataError("dataset.val_fraction leaves no training images")
     val_idx, train_idx = order[:n_val], order[n_val:]
 
-    mean = train_x[train_idx].mean(dim=(0, 2, 3))
-    std = train_x[train_idx].std(dim=(0, 2, 3)).clamp_min(1e-6)
-
-    def normalise(x: Tensor) -> Tensor:
-        return ((x - mean[:, None, None]) / std[:, None, None]).contiguous()
-
+    mean, std = _channel_stats(train_x, train_idx)
+    for images in (train_x, test_x):  # in place: the split gathers below are the one extra copy (footprint)
+        images.sub_(mean[:, None, None]).div_(std[:, None, None])
     contract = InputContract(
         channels=train_x.shape[1], size=spec.image_size, mean=mean.tolist(), std=std.tolist(),
         resize=None if raw.native_size == spec.image_size else "bilinear",
     )
     return Dataset(
-        train=Split(normalise(train_x[train_idx]), train_y[train_idx]),
-        val=Split(normalise(train_x[val_idx]), train_y[val_idx]),
-        test=Split(normalise(test_x), test_y),
+        train=Split(train_x[train_idx], train_y[train_idx]),
+        val=Split(train_x[val_idx], train_y[val_idx]),
+        test=Split(test_x, test_y),
         classes=raw.classes, contract=contract, flip=raw.flip,
     )
 
 
 @dataclass
 class _Raw:
-    """A source's images as float NCHW in [0, 1], before resizing, splitting and normalising."""
+    """A source's images as float NCHW in [0, 1] at the spec's image size, before splitting and normalising."""
 
     train_x: Tensor
     train_y: Tensor
@@ -123,66 +143,194 @@ def _labels(targets) -> Tensor:
     return torch.as_tensor(targets, dtype=torch.int64)
 
 
+def _chunk_len(channels: int, size: int) -> int:
+    """How many images of this shape make one chunk of float work (CHUNK_BYTES)."""
+    return max(1, CHUNK_BYTES // (channels * size * size * FLOAT_BYTES))
+
+
+def _channel_stats(images: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and (unbiased) std of ``images[indices]``, a chunk at a time and in float64.
+
+    Gathering the whole subset at once would copy the training images a second time.
+    """
+    chunks = indices.split(_chunk_len(images.shape[1], images.shape[-1]))
+    count = len(indices) * images.shape[-2] * images.shape[-1]
+    total = sum(images[chunk].sum(dim=(0, 2, 3), dtype=torch.float64) for chunk in chunks)
+    mean = total / count
+    squares = sum(((images[chunk].double() - mean[:, None, None]) ** 2).sum(dim=(0, 2, 3)) for chunk in chunks)
+    std = (squares / max(1, count - 1)).sqrt().clamp_min(1e-6)
+    return mean.float(), std.float()
+
+
 def _resize(images: Tensor, size: int) -> Tensor:
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
     return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
-def _to_float(images: np.ndarray | Tensor) -> Tensor:
-    """uint8 NHWC/NCHW pixels -> float NCHW in [0, 1]."""
-    tensor = torch.as_tensor(np.asarray(images))
-    if tensor.ndim == 4 and tensor.shape[-1] in (1, 3) and tensor.shape[1] not in (1, 3):
-        tensor = tensor.permute(0, 3, 1, 2)
-    return tensor.float().div_(255.0)
+def _converted(parts: Sequence[np.ndarray], size: int, scale: float) -> Tensor:
+    """Native NCHW pixels (several arrays, one after another) -> one float32 tensor at ``size``, in [0, 1].
+
+    Converted and resized a chunk at a time, so the result is the only full-size float copy.
+    """
+    channels, native = parts[0].shape[1], parts[0].shape[-1]
+    out = torch.empty(sum(len(p) for p in parts), channels, size, size)
+    step = _chunk_len(channels, max(size, native))
+    at = 0
+    for part in parts:
+        for start in range(0, len(part), step):
+            chunk = torch.from_numpy(np.ascontiguousarray(part[start:start + step])).float().div_(scale)
+            out[at:at + len(chunk)] = _resize(chunk, size)
+            at += len(chunk)
+    return out
 
 
-def _cifar(spec: DatasetSpec, seed: int):
+# -- CIFAR ----------------------------------------------------------------------------------------------
+# torchvision's CIFAR10/CIFAR100 classes read the batch files with a bare ``pickle.load``: whatever a file at
+# that name holds runs as code when the dataset loads, and its md5 check only helps for the exact files of
+# the official archive. So the batches are read here, by an unpickler that can build nothing but what the
+# format holds (dicts, lists, strings and uint8 numpy arrays); torchvision only downloads and unpacks
+# the archive, checking its md5 first.
+CIFAR_ROW = 3 * 32 * 32
+MAX_BATCH_FILE = 256 * 2**20  # the largest file of either archive (CIFAR-100's train) is 155 MB
+_RECONSTRUCT = np.empty(0).__reduce__()[0]  # numpy's array rebuilder, wherever this numpy version keeps it
+
+
+def _empty_array(subtype: type, shape: tuple, dtype: Any) -> np.ndarray:
+    """numpy pickles an array as an empty one plus its state (which holds the data and is checked by numpy)."""
+    if subtype is not np.ndarray or tuple(shape) != (0,):
+        raise pickle.UnpicklingError("not an empty plain array")
+    return _RECONSTRUCT(subtype, shape, dtype)
+
+
+def _latin1_bytes(text: str, encoding: str) -> bytes:
+    """How protocol-2 pickles spell bytes: ``_codecs.encode(text, 'latin1')``."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("not latin-1 text")
+    return text.encode("latin-1")
+
+
+_CIFAR_GLOBALS: dict[tuple[str, str], Any] = {
+    ("numpy.core.multiarray", "_reconstruct"): _empty_array,  # numpy 1 (and the official files)
+    ("numpy._core.multiarray", "_reconstruct"): _empty_array,  # numpy 2
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): _latin1_bytes,
+    ("__builtin__", "bytes"): bytes,  # protocol 2 writes an empty bytes as a call of the Python 2 name
+    ("builtins", "bytes"): bytes,
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _CIFAR_GLOBALS[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"{module}.{name} is not part of a CIFAR batch") from None
+
+
+def _not_cifar(folder: str, name: str) -> DataError:
+    return DataError(f"dataset.root: {folder}/{name} is not a CIFAR batch file")
+
+
+def _read_cifar_file(path: Path, folder: str) -> dict:
+    """One pickled dict of the python-format archive, read with :class:`_CifarUnpickler`."""
+    try:
+        with path.open("rb") as handle:
+            if os.fstat(handle.fileno()).st_size > MAX_BATCH_FILE:
+                raise pickle.UnpicklingError("larger than any CIFAR file")
+            entry = _CifarUnpickler(handle, encoding="latin1").load()  # the official files come from Python 2
+    except Exception as exc:  # a malformed pickle fails in many ways; all mean the same thing here
+        raise _not_cifar(folder, path.name) from exc
+    if not isinstance(entry, dict):
+        raise _not_cifar(folder, path.name)
+    return entry
+
+
+def _cifar_batch(entry: dict, classes: int) -> tuple[np.ndarray, list[int]] | None:
+    """The rows and labels of one batch, or None when the dict does not hold a well-formed batch."""
+    rows = entry.get("data")
+    labels = entry.get("labels", entry.get("fine_labels"))
+    if not (isinstance(rows, np.ndarray) and rows.dtype == np.uint8 and rows.ndim == 2
+            and rows.shape[1] == CIFAR_ROW and isinstance(labels, list) and len(labels) == len(rows)
+            and all(type(label) is int and 0 <= label < classes for label in labels)):
+        return None
+    return rows.reshape(-1, 3, 32, 32), labels
+
+
+def _download_reason(exc: Exception) -> str:
+    """Why a download failed, without the local paths an OSError's text carries."""
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code}"
+    if isinstance(exc, urllib.error.URLError):
+        if not isinstance(exc.reason, OSError):
+            return str(exc.reason)
+        exc = exc.reason
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    if isinstance(exc, tarfile.TarError):
+        return "the archive could not be unpacked"
+    return "the archive failed its checksum"  # torchvision raises RuntimeError for a bad md5
+
+
+def _cifar(spec: DatasetSpec, seed: int, locations: Locations) -> _Raw:
     from torchvision import datasets
+    from torchvision.datasets.utils import download_and_extract_archive
 
     base = datasets.CIFAR10 if spec.name == "cifar10" else datasets.CIFAR100
     title = "CIFAR-10" if spec.name == "cifar10" else "CIFAR-100"
+    root = locations.dataset_root
+    folder = root / base.base_folder
+    names = [name for name, _ in base.train_list + base.test_list] + [base.meta["filename"]]
+    if spec.download and not locations.allow_download:
+        raise DataError(f"dataset.download: downloads are not allowed here; set it to false and name a "
+                        f"{title} dataset that is already present")
+    if spec.download and not all((folder / name).is_file() for name in names):
+        try:
+            download_and_extract_archive(base.url, root, filename=base.filename, md5=base.tgz_md5)
+        except (OSError, RuntimeError, tarfile.TarError) as exc:  # URLError is an OSError
+            raise DataError(f"dataset.download: could not download {title} ({_download_reason(exc)}); download "
+                            f"{base.filename} from {base.url} and extract it into dataset.root") from exc
+    if not all((folder / name).is_file() for name in names):
+        raise DataError(f"dataset.root: no {title} python batches there (expected the folder {base.base_folder}); "
+                        f"set dataset.download: true to fetch them, or extract {base.filename} into dataset.root")
 
-    class Cifar(base):
-        # torchvision checks the md5 of every batch file on each load; a None checksum makes it check that
-        # the file exists instead, so batches re-packed in the same on-disk format (as the tests write)
-        # load too. A download is still verified: torchvision checks the archive's md5 before extracting.
-        train_list: ClassVar = [[name, None] for name, _ in base.train_list]
-        test_list: ClassVar = [[name, None] for name, _ in base.test_list]
-        meta: ClassVar = {**base.meta, "md5": None}
+    meta = _read_cifar_file(folder / base.meta["filename"], base.base_folder)
+    classes = meta.get(base.meta["key"])
+    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
+        raise _not_cifar(base.base_folder, base.meta["filename"])
 
-    root = Path(spec.root).expanduser()
-    try:
-        train = Cifar(str(root), train=True, download=spec.download)
-        test = Cifar(str(root), train=False, download=spec.download)
-    except (urllib.error.URLError, OSError) as exc:
-        raise DataError(
-            f"could not download {title} into {root}: {getattr(exc, 'reason', exc)}. "
-            f"Download {base.filename} from {base.url} and extract it there."
-        ) from exc
-    except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
-        folder = root / base.base_folder
-        raise DataError(
-            f"{title} not found: looked for the python-format batches in {folder}. Set dataset.download: true "
-            f"to fetch them, or extract {base.filename} into {root}."
-        ) from exc
-    return _Raw(_to_float(train.data), _labels(train.targets), _to_float(test.data), _labels(test.targets),
-                list(train.classes), native_size=32, flip=True)
+    def split(files: list) -> tuple[list[np.ndarray], list[int]]:
+        rows, labels = [], []
+        for name, _ in files:
+            batch = _cifar_batch(_read_cifar_file(folder / name, base.base_folder), len(classes))
+            if batch is None:
+                raise _not_cifar(base.base_folder, name)
+            rows.append(batch[0])
+            labels.extend(batch[1])
+        return rows, labels
+
+    (train_rows, train_labels), (test_rows, test_labels) = split(base.train_list), split(base.test_list)
+    return _Raw(_converted(train_rows, spec.image_size, 255.0), _labels(train_labels),
+                _converted(test_rows, spec.image_size, 255.0), _labels(test_labels),
+                classes, native_size=32, flip=True)
 
 
-def _digits(spec: DatasetSpec, seed: int):
+# -- the other sources ----------------------------------------------------------------------------------
+def _digits(spec: DatasetSpec, seed: int, locations: Locations) -> _Raw:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    images = torch.as_tensor(digits.images, dtype=torch.float32).div_(16.0).unsqueeze(1)
+    images = digits.images[:, None]  # float64 in [0, 16]
     labels = _labels(digits.target)
     classes = [str(c) for c in digits.target_names]
     # A mirrored digit is a different glyph, so no flips.
-    return _Raw(images[:DIGITS_TRAIN], labels[:DIGITS_TRAIN], images[DIGITS_TRAIN:], labels[DIGITS_TRAIN:],
+    return _Raw(_converted([images[:DIGITS_TRAIN]], spec.image_size, 16.0), labels[:DIGITS_TRAIN],
+                _converted([images[DIGITS_TRAIN:]], spec.image_size, 16.0), labels[DIGITS_TRAIN:],
                 classes, native_size=8, flip=False)
 
 
-def _synthetic(spec: DatasetSpec, seed: int):
+def _synthetic(spec: DatasetSpec, seed: int, locations: Locations) -> _Raw:
     """Class prototypes made of smooth random patterns, seen through shifts, contrast changes and noise.
 
     Deterministic in the seed and learnable (a small convnet gets far above the 10 % of chance), yet not
@@ -192,16 +340,19 @@ def _synthetic(spec: DatasetSpec, seed: int):
     size = spec.image_size
     coarse = torch.rand(SYNTHETIC_CLASSES, 3, 4, 4, generator=generator)
     prototypes = F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)
+    step = _chunk_len(3, size)
 
     def sample(count: int) -> tuple[Tensor, Tensor]:
         labels = torch.randint(0, SYNTHETIC_CLASSES, (count,), generator=generator)
-        images = prototypes[labels]
         shifts = torch.randint(-size // 8, size // 8 + 1, (count, 2), generator=generator)
-        images = torch.stack([torch.roll(img, (int(dy), int(dx)), dims=(1, 2))
-                              for img, (dy, dx) in zip(images, shifts, strict=True)])
         contrast = 0.6 + 0.8 * torch.rand(count, 1, 1, 1, generator=generator)
-        noise = 0.25 * torch.randn(images.shape, generator=generator)
-        return (0.5 + contrast * (images - 0.5) + noise).clamp_(0, 1), labels
+        images = torch.randn((count, 3, size, size), generator=generator).mul_(0.25)  # the noise, then the images
+        for start in range(0, count, step):
+            part = slice(start, start + step)
+            shifted = torch.stack([torch.roll(prototypes[label], (int(dy), int(dx)), dims=(1, 2))
+                                   for label, (dy, dx) in zip(labels[part], shifts[part], strict=True)])
+            images[part] = (0.5 + contrast[part] * (shifted - 0.5) + images[part]).clamp_(0, 1)
+        return images, labels
 
     train_x, train_y = sample(SYNTHETIC_TRAIN)
     test_x, test_y = sample(SYNTHETIC_TEST)
@@ -209,34 +360,55 @@ def _synthetic(spec: DatasetSpec, seed: int):
     return _Raw(train_x, train_y, test_x, test_y, classes, native_size=size, flip=False)
 
 
-def _imagefolder(spec: DatasetSpec, seed: int):
-    from torchvision import datasets
+IMAGEFOLDER_LAYOUT = "dataset.root: an imagefolder dataset needs train/<class>/<image> and test/<class>/<image>"
+
+
+def _list_images(root: Path, split: str) -> tuple[list[str], list[tuple[str, int]]]:
+    """Class names and (path, class index) of every image under ``root/split``."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+    try:
+        classes, class_to_idx = find_classes(root / split)
+        return classes, make_dataset(root / split, class_to_idx, extensions=IMG_EXTENSIONS)
+    except OSError as exc:  # torchvision's own message names the folder and lists its class folders
+        raise DataError(f"{IMAGEFOLDER_LAYOUT}, with at least one image in every class folder") from exc
+
+
+def _imagefolder(spec: DatasetSpec, seed: int, locations: Locations) -> _Raw:
+    from PIL import Image
+    from torchvision.datasets.folder import default_loader
     from torchvision.transforms.functional import pil_to_tensor, resize
 
-    root = Path(spec.root).expanduser()
-    splits = {}
-    sizes: set[tuple[int, int]] = set()
-    for split in ("train", "test"):
-        folder = root / split
-        if not folder.is_dir():
-            raise DataError(f"imagefolder dataset needs {folder}/<class>/<image> (and the same under "
-                            f"{root / ('test' if split == 'train' else 'train')}); {folder} does not exist")
-        try:
-            dataset = datasets.ImageFolder(str(folder))
-        except (FileNotFoundError, OSError) as exc:
-            raise DataError(f"cannot read images under {folder}: {exc}") from exc
-        images = []
-        for path, _ in dataset.samples:
-            image = pil_to_tensor(dataset.loader(path))
-            sizes.add(tuple(image.shape[-2:]))
-            if image.shape[-2:] != (spec.image_size, spec.image_size):
-                image = resize(image, [spec.image_size, spec.image_size], antialias=True)
-            images.append(image)
-        splits[split] = (torch.stack(images).float().div_(255.0),
-                         _labels(dataset.targets), dataset.classes)
-    (train_x, train_y, classes), (test_x, test_y, test_classes) = splits["train"], splits["test"]
+    root, size = locations.dataset_root, spec.image_size
+    (classes, train), (test_classes, test) = _list_images(root, "train"), _list_images(root, "test")
     if classes != test_classes:
-        raise DataError(f"{root}: train/ and test/ must hold the same class folders")
+        raise DataError("dataset.root: train/ and test/ must hold the same class folders")
+    count = len(train) + len(test)
+    check_dataset_bytes(loaded_bytes(count, IMAGEFOLDER_CHANNELS, size), locations.max_dataset_bytes,
+                        f"the {count:,} images under dataset.root at {size}x{size} pixels")
+
+    sizes: set[tuple[int, int]] = set()
+
+    def decode(samples: list[tuple[str, int]]) -> Tensor:
+        out = torch.empty(len(samples), IMAGEFOLDER_CHANNELS, size, size)
+        for i, (path, _) in enumerate(samples):
+            try:
+                image = pil_to_tensor(default_loader(path))
+            except (OSError, ValueError, Image.DecompressionBombError) as exc:
+                raise DataError(f"dataset.root: {Path(path).relative_to(root)} is not an image that can be "
+                                f"decoded") from exc
+            sizes.add(tuple(image.shape[-2:]))
+            if image.shape[-2:] != (size, size):
+                image = resize(image, [size, size], antialias=True)
+            out[i] = image.float().div_(255.0)
+        return out
+
+    train_x, test_x = decode(train), decode(test)
     (height, width), *others = sizes
     native = height if not others and height == width else None
-    return _Raw(train_x, train_y, test_x, test_y, classes, native_size=native, flip=True)
+    return _Raw(train_x, _labels([c for _, c in train]), test_x, _labels([c for _, c in test]), classes,
+                native_size=native, flip=True)
+
+
+_LOADERS = {"cifar10": _cifar, "cifar100": _cifar, "digits": _digits, "synthetic": _synthetic,
+            "imagefolder": _imagefolder}

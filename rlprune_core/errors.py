@@ -17,7 +17,11 @@ class SpecError(RlpruneError, ValueError):
 
 
 class DataError(RlpruneError):
-    """The data a spec asks for cannot be provided; the message says where we looked and what to do."""
+    """The data a spec asks for cannot be provided; the message names the spec field and what to do.
+
+    It never names a path on this machine or what a folder holds: over the service, the dataset lives on a
+    machine the user cannot see, and such details would tell one tenant about another's files.
+    """
 
     code = "data_unavailable"
 
@@ -29,9 +33,18 @@ class BudgetError(RlpruneError, ValueError):
 
 
 class CheckpointError(RlpruneError):
-    """model.checkpoint is missing or does not fit the architecture."""
+    """model.checkpoint is missing or does not fit the architecture.
+
+    Every cause gives the same sentence, so the error cannot tell whether some file exists.
+    """
 
     code = "bad_checkpoint"
+
+
+class ResourceLimitError(RlpruneError):
+    """The job would need more memory than the caller allows; raised before the memory is taken."""
+
+    code = "resource_limit"
 
 
 class WorkdirError(RlpruneError):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .data import InputContract
+from .files import write_atomically
 from .models import ModelConfig, build_model
 from .structure import PrunableGroup, find_groups
 from .surgery import prune_model
@@ -33,10 +33,8 @@ MEDIA_TYPES = {
 
 def save_weights(model: nn.Module, path: Path) -> None:
     """Write atomically, so an existing file is always a complete one (resume relies on it)."""
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    tmp.chmod(0o644)
-    os.replace(tmp, path)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    write_atomically(path, lambda tmp: save_file(state, str(tmp)))
 
 
 def model_description(config: ModelConfig, groups: Sequence[PrunableGroup], kept: Sequence[Sequence[int]],
@@ -84,15 +82,16 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> nn.Mod
 def export_pt2(model: nn.Module, contract: InputContract, path: Path) -> None:
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     program = torch.export.export(model.cpu().eval(), (example_input(contract, 2),), dynamic_shapes=({0: batch},))
-    torch.export.save(program, str(path))
+    write_atomically(path, lambda tmp: torch.export.save(program, str(tmp)))
 
 
 def export_onnx(model: nn.Module, contract: InputContract, path: Path) -> None:
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-    torch.onnx.export(
-        model.cpu().eval(), (example_input(contract, 2),), str(path), dynamo=True, external_data=False,
-        dynamic_shapes=({0: batch},), input_names=["input"], output_names=["logits"], verbose=False,
+    program = torch.onnx.export(
+        model.cpu().eval(), (example_input(contract, 2),), dynamo=True, dynamic_shapes=({0: batch},),
+        input_names=["input"], output_names=["logits"], verbose=False,
     )
+    write_atomically(path, lambda tmp: program.save(str(tmp), external_data=False))
 
 
 def artifact_record(path: Path) -> dict:

@@ -2,14 +2,18 @@
 
 Every stage ends by writing its result into the work folder and marking itself done in ``state.json``;
 training stages also checkpoint every epoch. Calling ``run_pipeline`` again on the same folder skips what
-is done and continues inside the stage that was interrupted.
+is done and continues inside the stage that was interrupted. Once the job has succeeded, the files only a
+resume needs are removed (they can be far larger than the deliverables).
 
 Work folder layout::
 
-    state.json                    stages done, their figures and timings
-    checkpoints/                  per-epoch training state and the agent's search state
+    state.json                    the spec, stages done, their figures and timings (kept: a finished job
+                                  called again returns its report)
+    checkpoints/                  per-epoch training state and the agent's search state (removed at the end)
     pretrained.safetensors        the unpruned model after pretraining
-    prune.json                    kept channel indices chosen by the agent
+    prune.json                    kept channel indices chosen by the agent (removed at the end: model.json
+                                  holds them too)
+    finetuned.safetensors         the agent's pruned model after finetuning (removed at the end)
     model.safetensors, model.json, model.pt2, model.onnx, report.json   the deliverables
 """
 
@@ -17,14 +21,15 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import platform
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
@@ -43,6 +48,8 @@ from .export import (
     model_description,
     save_weights,
 )
+from .files import TEMP_SUFFIX, write_atomically
+from .locations import Locations
 from .metrics import model_stats
 from .models import ModelConfig, build_model
 from .selection import select_l1, select_random
@@ -64,36 +71,39 @@ def prune_units(spec: JobSpec, train_size: int) -> float:
 
 
 def run_pipeline(spec: JobSpec, workdir: str | Path, on_event: EventSink | None = None,
-                 should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+                 should_stop: Callable[[], bool] | None = None, *,
+                 locations: Locations | None = None) -> dict[str, Any]:
     """Run (or resume) a prune job in ``workdir`` and return its report.
 
     ``on_event`` receives every :class:`Event`; ``should_stop`` is polled at least every few seconds of
     work and, when it returns true, the run raises :class:`rlprune_core.events.Stopped` after saving
-    its place.
+    its place. ``locations`` says where the dataset and the checkpoint are and what loading them may do;
+    without it, the spec's own paths are used (a local run). The report and ``state.json`` keep the spec
+    as given either way.
     """
-    return _Run(spec, Path(workdir), on_event or (lambda _event: None), StopCheck(should_stop)).run()
+    return _Run(spec, Path(workdir), on_event or (lambda _event: None), StopCheck(should_stop),
+                locations or Locations.from_spec(spec)).run()
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2)))
 
 
 class _Run:
-    def __init__(self, spec: JobSpec, workdir: Path, sink: EventSink, stop: StopCheck):
+    def __init__(self, spec: JobSpec, workdir: Path, sink: EventSink, stop: StopCheck, locations: Locations):
         self.spec = spec
         self.dir = workdir
         self.sink = sink
         self.stop = stop
+        self.locations = locations
         self.checkpoints = workdir / "checkpoints"
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(parents=True, exist_ok=True)
         self.state_path = workdir / "state.json"
         spec_data = spec.model_dump(mode="json")
         if self.state_path.exists():
             self.state = json.loads(self.state_path.read_text())
             if self.state["spec"] != spec_data:
-                raise WorkdirError(f"{workdir} holds a different job; use an empty folder for a new spec")
+                raise WorkdirError("the work folder holds a different job; use an empty folder for a new spec")
         else:
             self.state = {"spec": spec_data, "done": {}, "timings_s": {}, "baselines": {}}
         self.extra_baselines = [b for b in spec.baselines if b != spec.prune.agent]
@@ -129,19 +139,21 @@ class _Run:
     # -- the stages ---------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         if "export" in self.state["done"]:
+            self.remove_intermediates()  # again, in case the run that finished was killed while doing it
             return json.loads((self.dir / "report.json").read_text())
+        self.checkpoints.mkdir(exist_ok=True)
         self.device = resolve_device(self.spec.device)
         torch.manual_seed(self.spec.seed)
-        data = load_dataset(self.spec.dataset, self.spec.seed)
-        self.data = Dataset(data.train.to(self.device), data.val.to(self.device), data.test.to(self.device),
-                            data.classes, data.contract, data.flip)
-        self.plan["prune"] = prune_units(self.spec, len(data.train))
+        # Moved as a whole, so no reference to the host copy outlives the move.
+        self.data: Dataset = load_dataset(self.spec.dataset, self.spec.seed, self.locations).to(self.device)
+        contract = self.data.contract
+        self.plan["prune"] = prune_units(self.spec, len(self.data.train))
         if self.state["done"]:
             self.emit("resumed", STAGES[len(self.state["done"])],
                       f"resuming after {', '.join(self.state['done'])}", 0.0, done=list(self.state["done"]))
-        self.input_shape = (data.contract.channels, data.contract.size, data.contract.size)
-        self.example = example_input(data.contract).to(self.device)
-        self.config = ModelConfig(self.spec.model.arch, data.num_classes, data.contract.channels, self.spec.model.width)
+        self.input_shape = (contract.channels, contract.size, contract.size)
+        self.example = example_input(contract).to(self.device)
+        self.config = ModelConfig(self.spec.model.arch, self.data.num_classes, contract.channels, self.spec.model.width)
 
         pretrained = self.pretrain()
         self.groups = find_groups(pretrained, self.example)
@@ -175,7 +187,7 @@ class _Run:
         began = time.perf_counter()
         self.emit("stage", "pretrain", "pretraining the unpruned model")
         if self.spec.pretrain.epochs == 0:
-            self._load_checkpoint(model)
+            load_checkpoint(model, self.locations.checkpoint, self.config, self.device)
         else:
             self._train(model, "pretrain", self.spec.pretrain, "model")
         save_weights(model, weights)
@@ -183,17 +195,6 @@ class _Run:
         self.finish_stage("pretrain", began, baseline=stats.to_dict(),
                           val_accuracy=evaluate(model, self.data.val, self.device))
         return model
-
-    def _load_checkpoint(self, model: nn.Module) -> None:
-        path = Path(self.spec.model.checkpoint or "").expanduser()
-        if not path.is_file():
-            raise CheckpointError(f"model.checkpoint {path} does not exist")
-        try:
-            model.load_state_dict(load_file(str(path), device=str(self.device)))
-        except (RuntimeError, OSError) as exc:
-            raise CheckpointError(f"model.checkpoint {path} does not fit {self.config.arch} at width "
-                                  f"{self.config.width} with {self.config.num_classes} classes: "
-                                  f"{str(exc).splitlines()[0]}") from exc
 
     def prune(self, pretrained: nn.Module) -> list[list[int]]:
         selection = self.dir / "prune.json"
@@ -280,10 +281,19 @@ class _Run:
         report["timings_s"] = {**self.state["timings_s"], "export": seconds}
         _write_json(self.dir / "report.json", report)
         self.finish_stage("export", began, seconds=seconds)
+        self.remove_intermediates()
         self.emit("completed", None, f"final accuracy {final['accuracy']:.2%} at "
                   f"{report['budget']['achieved']:.1%} of the {report['budget']['metric']}", 1.0,
                   final=final, budget=report["budget"])
         return report
+
+    def remove_intermediates(self) -> None:
+        """Drop what only a resume needs, and temporary files of writers that died before renaming them."""
+        shutil.rmtree(self.checkpoints, ignore_errors=True)
+        for name in ("finetuned.safetensors", "prune.json"):
+            (self.dir / name).unlink(missing_ok=True)
+        for leftover in self.dir.glob("*" + TEMP_SUFFIX):
+            leftover.unlink(missing_ok=True)
 
     def _report(self, kept: list[list[int]], verification: dict, artifacts: list[dict]) -> dict[str, Any]:
         done = self.state["done"]
@@ -314,6 +324,35 @@ class _Run:
             "environment": {"device": str(self.device), "torch": torch.__version__, "rlprune": __version__,
                             "python": platform.python_version()},
         }
+
+
+def load_checkpoint(model: nn.Module, path: Path | None, config: ModelConfig, device: torch.device) -> None:
+    """Load a safetensors state into ``model``, or fail with one sentence about the spec field.
+
+    Missing, unreadable, a directory, not safetensors, or the wrong shapes: the message has the same shape
+    for each, and it never echoes the path, so it cannot tell which files exist. Tensor names do appear:
+    they describe the model, not this machine.
+    """
+    wrong = CheckpointError(f"model.checkpoint: not a safetensors state of {config.arch} at width {config.width} "
+                            f"with {config.num_classes} classes")
+    try:
+        if path is None or not path.is_file():  # not even open() a FIFO or a device
+            raise wrong
+        state = load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise wrong from exc
+    expected = model.state_dict()
+    differences = [
+        ("missing", [name for name in expected if name not in state]),
+        ("unexpected", [name for name in state if name not in expected]),
+        ("of another shape", [name for name, tensor in state.items()
+                              if name in expected and tensor.shape != expected[name].shape]),
+    ]
+    found = [f"{what}: {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}"
+             for what, names in differences if names]
+    if found:
+        raise CheckpointError(f"{wrong} (tensors {'; '.join(found)})")
+    model.load_state_dict(state)
 
 
 def build_cpu_copy(model: nn.Module) -> nn.Module:

@@ -2,11 +2,18 @@
 
 It imports neither torch nor anything heavy, so the API can validate requests with it in a slim image.
 Every field has a default, so ``{}`` is a complete spec: VGG-16 on CIFAR-10, keep 50 % of MACs.
+
+Validation is strict: a number must be a finite number (an int is fine where a float is expected), an int
+must be an int (``53248.0`` is refused) and a flag must be a boolean. Lax coercion would turn ``true`` into a
+learning rate of 1.0, and ``Infinity`` is not JSON that every database stores. Upper bounds are set where
+no sane job goes on any GPU; what a machine can hold (memory for ``dataset.image_size``) is the business of
+whoever runs the job, see :mod:`rlprune_core.footprint`.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -22,11 +29,23 @@ BaselineName = Literal["l1", "random"]
 ExportFormat = Literal["safetensors", "pt2", "onnx"]
 
 Fraction = Annotated[float, Field(gt=0.0, le=1.0)]
-NonNegative = Annotated[float, Field(ge=0.0)]
+NonNegative = Annotated[float, Field(ge=0.0, le=1e6)]
+
+
+class _JsonNumbers(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-4`` (no dot, or no exponent sign) as a string; JSON and YAML 1.2 read a number.
+
+    Lax validation used to turn such strings into floats; strict validation does not, so the parser must.
+    """
+
+
+_JsonNumbers.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9]+(?:\.[0-9]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"),
+)
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class ModelSpec(_Strict):
@@ -42,8 +61,10 @@ class DatasetSpec(_Strict):
     root: str = "data"
     download: bool = False
     val_fraction: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.1
+    # 512 px is allowed here; whether a machine can hold the images at that size is checked where the job
+    # runs (rlprune_core.footprint), since it depends on the machine and the dataset.
     image_size: Annotated[int, Field(ge=8, le=512)] = 32
-    max_train_samples: Annotated[int, Field(ge=10)] | None = None
+    max_train_samples: Annotated[int, Field(ge=10, le=100_000_000)] | None = None
 
 
 class TrainSpec(_Strict):
@@ -80,8 +101,8 @@ class PruneSpec(_Strict):
     budget: BudgetSpec = BudgetSpec()
     steps: Annotated[int, Field(ge=1, le=100_000)] = 100
     samples_per_step: Annotated[int, Field(ge=2, le=1024)] = 16
-    eval_samples: Annotated[int, Field(ge=1)] = 1000
-    min_channels: Annotated[int, Field(ge=1)] = 1
+    eval_samples: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
+    min_channels: Annotated[int, Field(ge=1, le=4096)] = 1
     round_to: Annotated[int, Field(ge=1, le=256)] | None = None
     reward: RewardSpec = RewardSpec()
     lr: Annotated[float, Field(gt=0.0, le=10.0)] = 0.1
@@ -127,7 +148,7 @@ class JobSpec(_Strict):
     def from_text(cls, text: str) -> JobSpec:
         """Parse JSON or YAML (JSON is a subset of YAML, so one parser serves both)."""
         try:
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_JsonNumbers)  # a SafeLoader: builds plain data only
         except yaml.YAMLError as exc:
             raise SpecError(f"not valid YAML or JSON: {exc}".splitlines()[0]) from exc
         if data is None:

@@ -6,7 +6,6 @@ of the epoch it was in.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from torch import nn
 from .data import Split
 from .device import autocast, prepare_input
 from .events import StopCheck
+from .files import write_atomically
 from .loader import BatchLoader
 from .spec import TrainSpec
 
@@ -37,9 +37,7 @@ class EpochResult:
 
 
 def save_atomic(state: dict, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: torch.save(state, tmp))
 
 
 @torch.no_grad()

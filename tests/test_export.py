@@ -58,6 +58,11 @@ def test_pt2_and_onnx_take_any_batch_size(exported, batch):
     assert np.allclose(logits, expected.numpy(), atol=1e-4)
 
 
+def test_exports_leave_only_the_artifacts(exported):
+    folder, _ = exported
+    assert {p.name for p in folder.iterdir()} == {"model.json", "model.safetensors", "model.pt2", "model.onnx"}
+
+
 def test_artifact_record_hashes_the_file(tmp_path):
     path = tmp_path / "model.json"
     path.write_text("{}")

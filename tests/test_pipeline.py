@@ -3,17 +3,24 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from rlprune_core import load_model, run_pipeline
 from rlprune_core.data import load_dataset
-from rlprune_core.errors import WorkdirError
+from rlprune_core.errors import CheckpointError, WorkdirError
 from rlprune_core.events import Stopped
+from rlprune_core.export import save_weights
+from rlprune_core.locations import Locations
+from rlprune_core.models import ModelConfig, build_model
+from rlprune_core.pipeline import load_checkpoint
 from rlprune_core.training import evaluate
 
 from .conftest import REPO, tiny_spec
+from .test_data import write_cifar10
 
 
 @pytest.fixture(scope="module")
@@ -59,16 +66,103 @@ def test_events_cover_stages_epochs_and_prune_steps(finished):
     assert progress == sorted(progress) and progress[-1] == 1.0 and events[-1].type == "completed"
 
 
+DELIVERABLES = {"model.safetensors", "model.json", "model.pt2", "model.onnx", "pretrained.safetensors", "report.json"}
+
+
+def test_a_finished_job_keeps_its_deliverables_and_state_but_nothing_only_a_resume_needs(finished):
+    _, workdir, _, _ = finished
+    assert {p.name for p in workdir.iterdir()} == DELIVERABLES | {"state.json"}
+
+
 def test_finished_job_is_not_run_again(finished):
     spec, workdir, report, _ = finished
+    (workdir / "checkpoints").mkdir()  # as if the finishing run was killed while tidying up
+    (workdir / "finetuned.safetensors").write_text("")
+    (workdir / "model.json.k3x9.tmp").write_text("")
     events = []
     assert run_pipeline(spec, workdir, on_event=events.append) == report and events == []
+    assert {p.name for p in workdir.iterdir()} == DELIVERABLES | {"state.json"}
 
 
 def test_a_different_spec_cannot_reuse_the_workdir(finished):
     _, workdir, _, _ = finished
-    with pytest.raises(WorkdirError):
+    with pytest.raises(WorkdirError) as caught:
         run_pipeline(tiny_spec(seed=1), workdir)
+    assert str(workdir) not in str(caught.value)
+
+
+def test_inputs_come_from_the_locations_and_the_report_keeps_the_spec_as_given(tmp_path):
+    write_cifar10(tmp_path / "datasets" / "resolved")
+    torch.manual_seed(0)
+    start = tmp_path / "uploads" / "start.safetensors"
+    start.parent.mkdir()
+    save_weights(build_model(ModelConfig("vgg11", 10, 3, 0.125)), start)
+    spec = tiny_spec(model={"checkpoint": "upload:abc"}, dataset={"name": "cifar10", "root": "cifar10"},
+                     pretrain={"epochs": 0})
+    locations = Locations(tmp_path / "datasets" / "resolved", start, allow_download=False)
+    report = run_pipeline(spec, tmp_path / "job", locations=locations)
+    given = spec.model_dump(mode="json")
+    assert given["dataset"]["root"] == "cifar10" and given["model"]["checkpoint"] == "upload:abc"
+    assert report["spec"] == given
+    assert json.loads((tmp_path / "job" / "state.json").read_text())["spec"] == given
+    assert report["dataset"]["train"] + report["dataset"]["val"] == 100
+    assert run_pipeline(spec, tmp_path / "job", locations=locations) == report
+
+
+VGG11 = ModelConfig("vgg11", num_classes=10, in_channels=1, width=0.125)
+NOT_A_STATE = "model.checkpoint: not a safetensors state of vgg11 at width 0.125 with 10 classes"
+
+
+def written(content: bytes):
+    def make(tmp: Path) -> Path:
+        path = tmp / "checkpoint.safetensors"
+        path.write_bytes(content)
+        return path
+
+    return make
+
+
+HEADER_WITHOUT_DATA = (100).to_bytes(8, "little") + b'{"a": {"dtype": "F32", "shape": [9], "data_offsets": [0, 36]}}'
+UNUSABLE = {
+    "missing": lambda tmp: tmp / "missing.safetensors",
+    "directory": lambda tmp: tmp,
+    "etc-passwd": lambda tmp: Path("/etc/passwd"),
+    "device": lambda tmp: Path("/dev/null"),
+    "text": written(b"root:x:0:0:root:/root:/bin/bash\n"),
+    "noise": written(os.urandom(4096)),
+    "truncated": written(HEADER_WITHOUT_DATA),
+    "none": lambda tmp: None,
+}
+
+
+@pytest.mark.parametrize("make", UNUSABLE.values(), ids=UNUSABLE.keys())
+def test_every_unusable_checkpoint_gives_the_same_sentence(tmp_path, make):
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(build_model(VGG11), make(tmp_path), VGG11, torch.device("cpu"))
+    assert str(caught.value) == NOT_A_STATE
+
+
+def test_a_checkpoint_of_another_model_names_the_tensors_that_differ(tmp_path):
+    other = build_model(ModelConfig("vgg11", num_classes=7, in_channels=1, width=0.125)).state_dict()
+    other["extra.weight"] = torch.zeros(1)
+    del other["features.0.weight"]
+    path = tmp_path / "other.safetensors"
+    save_file({k: v.contiguous() for k, v in other.items()}, str(path))
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(build_model(VGG11), path, VGG11, torch.device("cpu"))
+    message = str(caught.value)
+    assert message.startswith(NOT_A_STATE + " (tensors missing: features.0.weight; unexpected: extra.weight; "
+                                            "of another shape: classifier.")
+    assert str(tmp_path) not in message
+
+
+def test_a_matching_checkpoint_loads(tmp_path):
+    torch.manual_seed(1)
+    source = build_model(VGG11)
+    save_weights(source, tmp_path / "good.safetensors")
+    model = build_model(VGG11)
+    load_checkpoint(model, tmp_path / "good.safetensors", VGG11, torch.device("cpu"))
+    assert all(torch.equal(v, source.state_dict()[k]) for k, v in model.state_dict().items())
 
 
 def test_should_stop_halts_the_prune_stage_and_the_job_resumes(tmp_path):

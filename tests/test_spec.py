@@ -2,6 +2,8 @@ import subprocess
 import sys
 
 import pytest
+import yaml
+from pydantic import BaseModel, ValidationError
 
 from rlprune_core.errors import SpecError
 from rlprune_core.spec import JobSpec
@@ -30,6 +32,13 @@ def test_yaml_and_json_give_the_same_spec():
     ('{"export": {"formats": ["onnx"]}}', "export"),
     ('{"pretrain": {"epochs": 0}}', "model.checkpoint"),
     ('{"dataset": {"image_size": 16}}', "dataset.image_size"),
+    ('{"finetune": {"lr": true}}', "finetune.lr"),
+    ('{"pretrain": {"batch_size": 53248.0}}', "pretrain.batch_size"),
+    ('{"seed": "7"}', "seed"),
+    ('{"dataset": {"download": 1}}', "dataset.download"),
+    ('{"prune": {"eval_samples": 100000000000000000000000}}', "prune.eval_samples"),
+    ('{"dataset": {"max_train_samples": 100000000000000000000000}}', "dataset.max_train_samples"),
+    ('{"prune": {"min_channels": 100000}}', "prune.min_channels"),
 ])
 def test_bad_values_fail_with_a_message_naming_the_field(text, field):
     with pytest.raises(SpecError) as caught:
@@ -38,11 +47,60 @@ def test_bad_values_fail_with_a_message_naming_the_field(text, field):
     assert "\n" not in str(caught.value)
 
 
+def float_fields(model: type[BaseModel], prefix: tuple[str, ...] = ()):
+    for name, info in model.model_fields.items():
+        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+            yield from float_fields(info.annotation, (*prefix, name))
+        elif info.annotation is float:
+            yield (*prefix, name)
+
+
+def nested(path: tuple[str, ...], value) -> dict:
+    return {path[0]: nested(path[1:], value) if len(path) > 1 else value}
+
+
+FLOAT_FIELDS = list(float_fields(JobSpec))
+
+
+def test_the_spec_has_float_fields_to_check():
+    assert ("pretrain", "weight_decay") in FLOAT_FIELDS and ("prune", "reward", "budget_penalty") in FLOAT_FIELDS
+
+
+@pytest.mark.parametrize("path", FLOAT_FIELDS, ids=".".join)
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")], ids=str)
+def test_every_float_field_refuses_inf_and_nan(path, value):
+    with pytest.raises(SpecError) as caught:
+        JobSpec.from_text(yaml.safe_dump(nested(path, value)))
+    assert str(caught.value).startswith(".".join(path) + ": ")
+
+
+def test_json_infinity_is_refused_too():
+    with pytest.raises(ValidationError) as caught:
+        JobSpec.model_validate_json('{"pretrain": {"weight_decay": Infinity}}')
+    [error] = caught.value.errors()
+    assert (error["loc"], error["type"]) == (("pretrain", "weight_decay"), "finite_number")
+
+
+def test_strict_types_still_take_ints_for_floats_nested_dicts_and_json_exponents():
+    data = {"model": {"arch": "resnet20", "width": 1}, "prune": {"budget": {"metric": "params", "keep": 0.3}},
+            "pretrain": {"weight_decay": 0}, "export": {"formats": ["safetensors", "onnx"]}, "baselines": ["l1"]}
+    spec = JobSpec.model_validate(data)
+    assert (spec.model.width, spec.prune.budget.keep, spec.pretrain.weight_decay) == (1.0, 0.3, 0.0)
+    assert JobSpec.model_validate_json(spec.model_dump_json()) == spec
+    text = "model: {arch: resnet20, width: 1}\nprune: {budget: {metric: params, keep: 0.3}}\n" \
+           "pretrain: {weight_decay: 0}\nexport: {formats: [safetensors, onnx]}\nbaselines: [l1]\n"
+    assert JobSpec.from_text(text) == spec
+    # YAML 1.1 would read 1e-4 as a string; JSON (and YAML 1.2) read a number
+    assert JobSpec.from_text('{"pretrain": {"weight_decay": 1e-4, "lr": 2E-1}}').pretrain.weight_decay == 1e-4
+    assert JobSpec.from_text("pretrain: {weight_decay: 5e-4, lr: 2E-1}").pretrain.lr == 0.2
+
+
 def test_not_a_mapping_is_a_spec_error():
     with pytest.raises(SpecError, match="mapping"):
         JobSpec.from_text("[1, 2]")
 
 
 def test_spec_imports_without_torch():
-    code = "import sys, rlprune_core.spec, rlprune_core; rlprune_core.JobSpec; assert 'torch' not in sys.modules"
+    code = ("import sys, rlprune_core.spec, rlprune_core.footprint, rlprune_core.locations, rlprune_core; "
+            "rlprune_core.JobSpec; assert 'torch' not in sys.modules and 'numpy' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)

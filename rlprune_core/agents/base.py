@@ -44,6 +44,16 @@ class SearchResult:
 
 
 CALIBRATION_IMAGES = 128  # per-channel statistics settle well before this; more only slows the search
+# The report travels with every job listing: a 100,000-step search would otherwise put megabytes of curve
+# into each one, and a plot cannot show more points than this anyway.
+CURVE_POINTS = 1000
+
+
+def curve_points(steps: int, points: int = CURVE_POINTS) -> list[int]:
+    """Indices of at most ``points`` steps, evenly spread, the first and the last always among them."""
+    if steps <= points:
+        return list(range(steps))
+    return [round(i * (steps - 1) / (points - 1)) for i in range(points)]
 
 
 @dataclass
@@ -69,15 +79,21 @@ class SearchHistory:
 
     def summary(self, method: str, samples: int, kept: list[list[int]], groups: list[PrunableGroup],
                 seconds: float) -> dict[str, Any]:
-        """The report's ``search`` section."""
+        """The report's ``search`` section; its curves hold at most CURVE_POINTS steps, named in ``curve_steps``."""
         steps = len(self.mean_reward)
         scoring = sum(self.seconds)
+        points = curve_points(steps)
+
+        def curve(values: list[float]) -> list[float]:
+            return [values[i] for i in points]
+
         return {
             "method": method, "steps": steps, "candidates": steps * samples,
             "candidates_per_s": round(steps * samples / scoring, 2) if scoring else None,
             "seconds": round(seconds, 3),
-            "reward_curve": {"mean": self.mean_reward, "best": self.best_reward},
-            "accuracy_curve": self.mean_accuracy, "cost_curve": self.mean_cost,
+            "curve_steps": [i + 1 for i in points],
+            "reward_curve": {"mean": curve(self.mean_reward), "best": curve(self.best_reward)},
+            "accuracy_curve": curve(self.mean_accuracy), "cost_curve": curve(self.mean_cost),
             "layer_keep_ratio": {g.name: round(len(k) / g.size, 4) for g, k in zip(groups, kept, strict=True)},
         }
 
