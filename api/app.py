@@ -5,10 +5,11 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from store.db import make_engine, session_factory
+from store.queue import make_client
 from store.settings import Settings, get_settings
 
 from . import problems
-from .dispatch import make_client
+from .auth import AuthMiddleware, KeyCache
 from .limits import BodyLimitMiddleware
 from .metrics import LatencyMiddleware, Metrics
 from .routes import health, jobs
@@ -17,16 +18,22 @@ from .routes import health, jobs
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     app = FastAPI(title="rlprune", version="0.1.0",
-                  description="Shrink convolutional networks by RL-driven channel pruning.")
+                  description="Shrink convolutional networks by RL-driven channel pruning. Errors are "
+                              "RFC 9457 `application/problem+json`.")
     app.state.settings = settings
-    app.state.engine = make_engine(settings.resolved_database_url)
+    app.state.engine = make_engine(settings.resolved_database_url, pool_size=settings.db_pool_size,
+                                   pool_timeout=settings.db_pool_timeout_seconds)
     app.state.sessions = session_factory(app.state.engine)
     app.state.dispatcher = make_client(settings.resolved_broker_url)
+    app.state.dispatcher.conf.broker_connection_timeout = 2  # an unreachable broker is a quick 503
     app.state.metrics = Metrics(app.state.sessions)
+    app.state.streams = jobs.StreamSlots(settings.max_streams_per_tenant)
     problems.install(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
+    # Outermost last: latency covers everything; a key is checked before any body is read.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(AuthMiddleware, keys=KeyCache(app.state.sessions))
     app.add_middleware(LatencyMiddleware, metrics=app.state.metrics)
     return app
 

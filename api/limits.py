@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
+from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .problems import MEDIA_TYPE
-
-
-class BodyTooLarge(Exception):
-    pass
+from .problems import Problem, send_problem
 
 
 class BodyLimitMiddleware:
@@ -23,7 +18,7 @@ class BodyLimitMiddleware:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(scope, send)
+            await send_problem(send, scope["path"], self.too_large())
             return
         seen = 0
 
@@ -32,18 +27,12 @@ class BodyLimitMiddleware:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:
-                raise BodyTooLarge
+                # An HTTPException is the one error FastAPI lets through its body parsing unchanged (it
+                # turns any other into 400), so the client sees 413 from the problem handlers.
+                raise HTTPException(413, "Content Too Large")
             return message
 
-        try:
-            await self.app(scope, counting, send)
-        except BodyTooLarge:
-            await self._refuse(scope, send)
+        await self.app(scope, counting, send)
 
-    async def _refuse(self, scope: Scope, send: Send) -> None:
-        body = json.dumps({"type": "about:blank", "title": "Content Too Large", "status": 413,
-                           "detail": f"request bodies are limited to {self.max_bytes} bytes",
-                           "instance": scope["path"]}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", MEDIA_TYPE.encode()), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+    def too_large(self) -> Problem:
+        return Problem(413, "Content Too Large", f"request bodies are limited to {self.max_bytes} bytes")

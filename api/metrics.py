@@ -8,11 +8,14 @@ from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import GaugeMetricFamily
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from store.models import JOB_STATUSES, Job
+from store.jobs import counts_by_status
+from store.models import JobStatus
+
+# Any other method (clients may send any token) is counted as OTHER, so the label set stays bounded.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class _JobCollector:
@@ -21,12 +24,13 @@ class _JobCollector:
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         with self.sessions() as session:
-            counts = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+            counts = counts_by_status(session)
         jobs = GaugeMetricFamily("rlprune_jobs", "Jobs by status", labels=["status"])
-        for status in JOB_STATUSES:
+        for status in JobStatus:
             jobs.add_metric([status], counts.get(status, 0))
         yield jobs
-        yield GaugeMetricFamily("rlprune_queue_depth", "Jobs waiting for a worker", value=counts.get("queued", 0))
+        yield GaugeMetricFamily("rlprune_queue_depth", "Jobs waiting for a worker",
+                                value=counts.get(JobStatus.QUEUED, 0))
 
 
 class Metrics:
@@ -60,4 +64,5 @@ class LatencyMiddleware:
             await self.app(scope, receive, sending)
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.latency.labels(scope["method"], route, str(status)).observe(time.perf_counter() - began)
+            method = scope["method"] if scope["method"] in METHODS else "OTHER"
+            self.metrics.latency.labels(method, route, str(status)).observe(time.perf_counter() - began)

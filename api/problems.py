@@ -1,15 +1,22 @@
-"""RFC 9457 problem details for every error the API returns."""
+"""RFC 9457 problem details for every error the API returns, including the ones no route expected."""
 
 from __future__ import annotations
 
+import json
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Send
+
+from store.db import is_outage
 
 MEDIA_TYPE = "application/problem+json"
+RETRY_AFTER_SECONDS = 5
+log = logging.getLogger("rlprune.api")
 
 
 class Problem(Exception):
@@ -18,13 +25,31 @@ class Problem(Exception):
         self.status, self.title, self.detail, self.headers, self.extra = status, title, detail, headers, extra
 
 
-def problem_response(request: Request, status: int, title: str, detail: str | None = None,
-                     headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
-    body = {"type": "about:blank", "title": title, "status": status, "instance": request.url.path}
+def unavailable(detail: str) -> Problem:
+    """503 with Retry-After: the service is overloaded or a backing service is down; the request is fine."""
+    return Problem(503, "Service Unavailable", detail, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+def problem_body(status: int, title: str, instance: str, detail: str | None = None, **extra: Any) -> bytes:
+    body = {"type": "about:blank", "title": title, "status": status, "instance": instance}
     if detail:
         body["detail"] = detail
     body.update(extra)
-    return JSONResponse(body, status_code=status, headers=headers, media_type=MEDIA_TYPE)
+    return json.dumps(body).encode()
+
+
+async def send_problem(send: Send, path: str, problem: Problem) -> None:
+    """A problem response from ASGI middleware, which runs outside FastAPI's exception handlers."""
+    body = problem_body(problem.status, problem.title, path, problem.detail, **problem.extra)
+    headers = [(b"content-type", MEDIA_TYPE.encode()), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in (problem.headers or {}).items()]
+    await send({"type": "http.response.start", "status": problem.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def problem_response(request: Request, problem: Problem) -> JSONResponse:
+    body = json.loads(problem_body(problem.status, problem.title, request.url.path, problem.detail, **problem.extra))
+    return JSONResponse(body, status_code=problem.status, headers=problem.headers, media_type=MEDIA_TYPE)
 
 
 def _field(loc: tuple) -> str:
@@ -34,10 +59,14 @@ def _field(loc: tuple) -> str:
     return ".".join(parts) or "body"
 
 
+def invalid(field: str, message: str) -> Problem:
+    return Problem(422, "Invalid request", f"{field}: {message}", errors=[{"field": field, "message": message}])
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> JSONResponse:
-        return problem_response(request, exc.status, exc.title, exc.detail, exc.headers, **exc.extra)
+        return problem_response(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -45,8 +74,19 @@ def install(app: FastAPI) -> None:
                    "message": "unknown field" if e["type"] == "extra_forbidden"
                    else e["msg"].removeprefix("Value error, ")} for e in exc.errors()]
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-        return problem_response(request, 422, "Invalid request", detail, errors=errors)
+        return problem_response(request, Problem(422, "Invalid request", detail, errors=errors))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem_response(request, exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+        return problem_response(request, Problem(exc.status_code, str(exc.detail),
+                                                 headers=getattr(exc, "headers", None)))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        """Never a traceback or a driver's message (they hold server names and paths): a database that is
+        away is a 503 to retry, anything else a bare 500 whose details stay in the server's log."""
+        if is_outage(exc):
+            log.warning("database unavailable: %s", type(exc).__name__)
+            return problem_response(request, unavailable("the job store is unavailable; retry shortly"))
+        log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+        return problem_response(request, Problem(500, "Internal Server Error"))

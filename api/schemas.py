@@ -10,6 +10,15 @@ from pydantic import BaseModel
 from store.models import Artifact, Job, JobEvent
 
 
+def headline(report: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The report without its lists (per-layer table, search curves, class names, artifact list): every
+    figure a job listing needs, at a size that does not grow with the search. The whole report is at
+    ``links.report``."""
+    if report is None:
+        return None
+    return {k: headline(v) if isinstance(v, dict) else v for k, v in report.items() if not isinstance(v, list)}
+
+
 class JobOut(BaseModel):
     id: str
     name: str
@@ -21,7 +30,7 @@ class JobOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     spec: dict[str, Any]
-    metrics: dict[str, Any] | None
+    metrics: dict[str, Any] | None  # the report's headline figures; links.report has all of it
     error: dict[str, Any] | None
     links: dict[str, str]
 
@@ -31,14 +40,14 @@ class JobOut(BaseModel):
         return cls(id=job.id, name=job.name, status=job.status, stage=job.stage, progress=job.progress,
                    attempts=job.attempts,
                    created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at, spec=job.spec,
-                   metrics=job.metrics, error=job.error,
+                   metrics=headline(job.metrics), error=job.error,
                    links={"self": base, "events": f"{base}/events", "artifacts": f"{base}/artifacts",
-                          "cancel": f"{base}/cancel"})
+                          "report": f"{base}/report", "cancel": f"{base}/cancel"})
 
 
 class JobPage(BaseModel):
     items: list[JobOut]
-    next: str | None  # the URL of the next page, when this one is full
+    next: str | None  # a relative link to the next page, when this one is full
 
 
 class EventOut(BaseModel):

@@ -1,8 +1,9 @@
 """``rlprune serve``: the API and one worker on the embedded store (SQLite, Celery's SQLAlchemy transport).
 
-The database is migrated, a fresh API key is printed, the worker runs as a child process and the API
-in this one. Ctrl-C (or SIGTERM) stops the API, then the worker; a job that was running goes back to
-the queue and resumes from its checkpoint at the next start.
+The database is migrated, the serve key is rotated (the previous one is revoked and a fresh one printed),
+the worker runs as a supervised child process (restarted if it dies) and the API in this one. Ctrl-C (or
+SIGTERM) stops the API, then the worker; a job that was running goes back to the queue and resumes from
+its checkpoint at the next start.
 """
 
 from __future__ import annotations
@@ -11,10 +12,15 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy.orm import Session
 
 from store import jobs as store
 from store.db import make_engine, session_factory, transaction
@@ -22,7 +28,9 @@ from store.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_TENANT = "local"
+SERVE_KEY_NAME = "serve"
 WORKER_STOP_SECONDS = 30
+RESTARTS_PER_MINUTE = 5  # a worker that dies faster than this is broken, not unlucky: serve gives up
 
 
 def migrate(settings: Settings) -> None:
@@ -34,12 +42,35 @@ def migrate(settings: Settings) -> None:
     command.upgrade(config, "head")
 
 
-def create_key(settings: Settings, name: str, tenant: str | None) -> str:
+def create_key(settings: Settings, name: str, tenant: str, rotate: bool = False) -> tuple[str, str]:
+    """A new key for ``tenant``; with ``rotate``, the tenant's live keys of the same name are revoked in the
+    same transaction. Returns (key id, key)."""
+    with _key_store(settings) as session:
+        if rotate:
+            store.revoke_api_keys(session, name=name, tenant=tenant)
+        return store.create_api_key(session, name, tenant)
+
+
+def revoke_keys(settings: Settings, *, key_id: str | None, name: str | None, tenant: str | None) -> int:
+    with _key_store(settings) as session:
+        return store.revoke_api_keys(session, key_id=key_id, name=name, tenant=tenant)
+
+
+def list_keys(settings: Settings) -> list[tuple[str, str, str, str, str | None]]:
+    """(id, tenant, name, created, revoked) of every key; the keys themselves are never stored."""
+    with _key_store(settings) as session:
+        return [(k.id, k.tenant, k.name, k.created_at.isoformat(timespec="seconds"),
+                 k.revoked_at and k.revoked_at.isoformat(timespec="seconds")) for k in store.list_api_keys(session)]
+
+
+@contextmanager
+def _key_store(settings: Settings) -> Iterator[Session]:
+    """A migrated database and one transaction on it, for the short-lived key commands."""
     migrate(settings)
     engine = make_engine(settings.resolved_database_url)
     try:
         with transaction(session_factory(engine)) as session:
-            return store.create_api_key(session, name, tenant)
+            yield session
     finally:
         engine.dispose()
 
@@ -54,26 +85,72 @@ def serve(settings: Settings, host: str, port: int) -> int:
 
     from api.app import create_app
 
-    key = create_key(settings, "serve", LOCAL_TENANT)
+    _, key = create_key(settings, SERVE_KEY_NAME, LOCAL_TENANT, rotate=True)
     log_path = settings.data_dir / "worker.log"
-    with log_path.open("ab") as log:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool=solo", "--concurrency=1",
-             "--prefetch-multiplier=1", "--loglevel=INFO", "--without-gossip", "--without-mingle", "-n", "embedded@%h"],
-            cwd=REPO, env=worker_environment(settings), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    worker = WorkerSupervisor(settings, log_path)
+    worker.start()
     print(f"rlprune API at http://{host}:{port} (OpenAPI docs at /docs); data in {settings.data_dir}", flush=True)
     print(f"API key: {key}", flush=True)
+    print("(each start replaces the key of the previous one; `rlprune keys create` makes lasting keys)", flush=True)
     print(f"worker log: {log_path}", flush=True)
     # uvicorn shuts down gracefully on SIGINT/SIGTERM and then re-raises the signal; both end up here as
     # KeyboardInterrupt, so the worker is always stopped and the exit is clean.
     signal.signal(signal.SIGTERM, _interrupt)
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host=host, port=port, log_level="warning"))
+    worker.on_give_up = lambda: setattr(server, "should_exit", True)
     try:
-        uvicorn.Server(uvicorn.Config(create_app(settings), host=host, port=port, log_level="warning")).run()
+        server.run()
     except KeyboardInterrupt:
         pass
     finally:
-        stop_worker(worker)
-    return 0
+        worker.stop()
+    return 1 if worker.gave_up else 0
+
+
+class WorkerSupervisor:
+    """Keeps the embedded worker alive: a worker that dies (the OOM killer, a crash) is started again, and
+    its job comes back through the lease reaper; a worker that keeps dying stops ``serve`` with an error."""
+
+    def __init__(self, settings: Settings, log_path: Path):
+        self.settings, self.log_path = settings, log_path
+        self.process: subprocess.Popen | None = None
+        self.stopping = threading.Event()
+        self.gave_up = False
+        self.on_give_up = lambda: None
+        self.starts: list[float] = []
+
+    def _spawn(self) -> subprocess.Popen:
+        self.starts = [t for t in self.starts if time.monotonic() - t < 60] + [time.monotonic()]
+        with self.log_path.open("ab") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool=solo", "--concurrency=1",
+                 "--prefetch-multiplier=1", "--loglevel=INFO", "--without-gossip", "--without-mingle",
+                 "-n", "embedded@%h"],
+                cwd=REPO, env=worker_environment(self.settings), stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True)
+
+    def start(self) -> None:
+        self.process = self._spawn()
+        threading.Thread(target=self._watch, name="rlprune-supervisor", daemon=True).start()
+
+    def _watch(self) -> None:
+        while not self.stopping.wait(0.5):
+            code = self.process.poll()
+            if code is None:
+                continue
+            if len(self.starts) >= RESTARTS_PER_MINUTE:
+                print(f"rlprune: error: the worker died {len(self.starts)} times within a minute "
+                      f"(see {self.log_path}); stopping", file=sys.stderr, flush=True)
+                self.gave_up = True
+                self.on_give_up()
+                return
+            print(f"rlprune: the worker exited with {code}; starting it again", file=sys.stderr, flush=True)
+            self.process = self._spawn()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.process is not None:
+            stop_worker(self.process)
 
 
 def _interrupt(_signum: int, _frame: object) -> None:

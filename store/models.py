@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, ClassVar
 
 from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
@@ -11,8 +12,20 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-JOB_STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
-FINISHED = ("succeeded", "failed", "cancelled")
+
+class JobStatus(StrEnum):
+    """A job's life: queued -> running -> succeeded | failed | cancelled, with cancelling in between."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    CANCELLING = "cancelling"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+LEASED = (JobStatus.RUNNING, JobStatus.CANCELLING)  # a worker holds the job
 
 
 def utcnow() -> datetime:
@@ -63,7 +76,7 @@ class Job(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     tenant: Mapped[str] = mapped_column(String(200))
     name: Mapped[str] = mapped_column(String(200))
-    status: Mapped[str] = mapped_column(String(20), default="queued")
+    status: Mapped[str] = mapped_column(String(20), default=JobStatus.QUEUED)
     stage: Mapped[str | None] = mapped_column(String(20), default=None)
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     spec: Mapped[dict[str, Any]]
@@ -72,6 +85,7 @@ class Job(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200), default=None)
     request_hash: Mapped[str | None] = mapped_column(String(64), default=None)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    dispatched_at: Mapped[datetime | None] = mapped_column(default=None)  # last handed to the broker
     lease_owner: Mapped[str | None] = mapped_column(String(200), default=None)
     lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
     version: Mapped[int] = mapped_column(Integer, default=1)  # bumped on every change; the ETag
@@ -83,6 +97,15 @@ class Job(Base):
                                                   passive_deletes=True)
     artifacts: Mapped[list[Artifact]] = relationship(back_populates="job", cascade="all, delete-orphan",
                                                      passive_deletes=True)
+
+
+class WorkerBeat(Base):
+    """The last sign of life of each worker process: readiness needs a recent one."""
+
+    __tablename__ = "worker_beats"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    seen_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class JobEvent(Base):

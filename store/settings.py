@@ -23,6 +23,26 @@ class Settings(BaseSettings):
     progress_interval_seconds: float = Field(1.0, ge=0, description="minimum time between progress writes")
     max_body_bytes: int = Field(1 << 20, ge=1, description="request bodies above this are refused with 413")
 
+    # The API process. Each request holds at most one connection at a time and only while it reads or
+    # writes, so a pool smaller than the thread pool queues requests instead of deadlocking them.
+    db_pool_size: int = Field(10, ge=1, description="database connections per API or worker process")
+    db_pool_timeout_seconds: float = Field(5.0, gt=0, description="wait for a connection before answering 503")
+    max_streams_per_tenant: int = Field(8, ge=1, description="open event streams per tenant and API process")
+    metrics_token: str | None = Field(None, description="when set, /metrics needs 'Authorization: Bearer <it>'")
+
+    # What one tenant may ask for; refused with 422 (one job) or 429 (too many jobs).
+    max_unfinished_jobs: int = Field(20, ge=1, description="queued + running jobs per tenant")
+    max_dataset_bytes: int = Field(4 << 30, ge=1, description="memory a job's dataset may take as tensors")
+    max_epochs: int = Field(500, ge=0, description="pretrain.epochs and finetune.epochs, each")
+    max_search_steps: int = Field(2000, ge=1, description="prune.steps")
+    max_samples_per_step: int = Field(256, ge=2, description="prune.samples_per_step")
+    max_event_rows: int = Field(5000, ge=100, description="per job; progress events past it are not stored")
+
+    # Workers.
+    worker_stale_seconds: float = Field(30.0, gt=0, description="/readyz needs a worker beat this recent")
+    ready_needs_worker: bool = Field(True, description="/readyz is 503 while no worker has beaten recently")
+    redispatch_seconds: float = Field(600.0, gt=0, description="re-send a queued job's message after this long")
+
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'rlprune.db').resolve()}"

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 import torch
 
 from rlprune_core.spec import JobSpec
 
-REPO = Path(__file__).resolve().parents[1]
-CIFAR10_SUBSET = Path(os.environ.get("RLPRUNE_CIFAR10_SUBSET", REPO.parent / "shared/datasets/cifar10-subset"))
+from .support.paths import CIFAR10_SUBSET, REPO
+
+__all__ = ["CIFAR10_SUBSET", "REPO", "tiny_spec"]
 
 
 @pytest.fixture(autouse=True)

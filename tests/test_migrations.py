@@ -5,22 +5,14 @@ from __future__ import annotations
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
-from alembic.config import Config
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
 from store.db import make_engine
 from store.models import Base
 
-from .conftest import REPO
-from .databases import fresh_postgres
-
-
-def alembic_config(url: str) -> Config:
-    config = Config(str(REPO / "alembic.ini"))
-    config.attributes["url"] = url
-    config.attributes["configure_logger"] = False
-    return config
+from .support.databases import fresh_postgres
+from .support.migrations import alembic_config
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

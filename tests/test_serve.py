@@ -20,8 +20,8 @@ from rlprune_core.spec import JobSpec
 from rlprune_core.training import evaluate
 
 from .conftest import REPO, tiny_spec
-from .processes import free_port
-from .test_service_e2e import all_events, finished, wait_for
+from .support.jobs import all_events, finished, wait_for
+from .support.processes import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -87,11 +87,29 @@ def test_ctrl_c_requeues_the_running_job_and_the_next_start_resumes_it(tmp_path)
     wait_for(client, job["id"], lambda j: any(e["type"] == "epoch" for e in all_events(client, job["id"])))
     assert stop_serve(process) == 0
 
+    old_key = client.headers["Authorization"]
     process, client = start_serve(tmp_path / "data")  # a new key, same local tenant: the job is visible
     try:
+        assert client.get("/jobs", headers={"Authorization": old_key}).status_code == 401  # rotated
         done = wait_for(client, job["id"], finished)
         assert done["status"] == "succeeded" and done["attempts"] == 1  # the interrupted run is not counted
         types = [e["type"] for e in all_events(client, job["id"])]
         assert "requeued" in types and "resumed" in types
+    finally:
+        assert stop_serve(process) == 0
+
+
+def test_a_worker_killed_under_serve_is_restarted_and_its_job_finishes(tmp_path):
+    process, client = start_serve(tmp_path / "data")
+    try:
+        job = client.post("/jobs", json=tiny_spec(pretrain={"epochs": 4}).model_dump(mode="json")).json()
+        wait_for(client, job["id"], lambda j: j["status"] == "running")
+        workers = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
+        assert len(workers) == 1
+        os.kill(int(workers[0]), signal.SIGKILL)  # what the OOM killer does
+        done = wait_for(client, job["id"], finished)
+        assert done["status"] == "succeeded" and done["attempts"] == 2
+        restarted = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
+        assert len(restarted) == 1 and restarted != workers
     finally:
         assert stop_serve(process) == 0

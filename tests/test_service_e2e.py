@@ -21,9 +21,10 @@ from store import jobs as store
 from store.db import make_engine, session_factory, transaction
 
 from .conftest import tiny_spec
-from .databases import fresh_postgres, fresh_redis
-from .processes import Service
-from .test_migrations import alembic_config
+from .support.databases import fresh_postgres, fresh_redis
+from .support.jobs import all_events, finished, wait_for
+from .support.migrations import alembic_config
+from .support.processes import Service
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +36,7 @@ def service(tmp_path_factory):
         command.upgrade(alembic_config(url), "head")
         engine = make_engine(url)
         with transaction(session_factory(engine)) as session:
-            key = store.create_api_key(session, "e2e")
+            _, key = store.create_api_key(session, "e2e", "e2e")
         engine.dispose()
         running = Service({"RLPRUNE_DATABASE_URL": url, "RLPRUNE_BROKER_URL": fresh_redis().replace("/15", "/14"),
                            "RLPRUNE_DATA_DIR": str(root / "data"), "RLPRUNE_LEASE_SECONDS": "4",
@@ -46,29 +47,6 @@ def service(tmp_path_factory):
                                         timeout=30)
         finally:
             running.stop()
-
-
-def wait_for(client: httpx.Client, job_id: str, predicate, timeout: float = 240.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/jobs/{job_id}").json()
-        if predicate(job):
-            return job
-        time.sleep(0.3)
-    raise AssertionError(f"job {job_id} never got there; last seen {job['status']} {job['stage']}")
-
-
-def all_events(client: httpx.Client, job_id: str) -> list[dict]:
-    events, url = [], f"/jobs/{job_id}/events?limit=50"
-    while url:
-        page = client.get(url).json()
-        events += page["items"]
-        url = page["next"]
-    return events
-
-
-def finished(job: dict) -> bool:
-    return job["status"] in ("succeeded", "failed", "cancelled")
 
 
 def test_submit_follow_download_and_reload(service, tmp_path):

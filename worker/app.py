@@ -4,17 +4,20 @@
 
 Late acks with prefetch 1: a worker takes a job only when it is free, and a message is acknowledged
 only after its job is done. Recovery from a dead worker does not rely on the broker's redelivery,
-though: leases in the database (see ``reaper``) bring the job back within ``lease_seconds``.
+though: leases in the database (see ``reaper``) bring the job back within ``lease_seconds``, and the
+reaper also re-sends queued jobs whose message never reached, or was lost by, the broker.
 """
 
 from __future__ import annotations
 
-from celery import Celery, signals
+from celery import signals
 
+from store.queue import make_client
 from store.settings import get_settings
 
 settings = get_settings()
-app = Celery("rlprune", broker=settings.resolved_broker_url, include=["worker.tasks"], set_as_current=True)
+app = make_client(settings.resolved_broker_url, include=["worker.tasks"])
+app.set_current()
 app.conf.update(
     task_acks_late=True,
     task_reject_on_worker_lost=True,
@@ -22,6 +25,7 @@ app.conf.update(
     worker_concurrency=1,
     worker_pool="solo",
     broker_connection_retry_on_startup=True,
+    broker_connection_max_retries=None,  # a broker restart must not end the worker
     worker_hijack_root_logger=False,
 )
 

@@ -1,50 +1,79 @@
-"""Brings back jobs whose worker died: their lease expired without a heartbeat renewing it.
+"""Each worker's housekeeping thread: it reports the worker alive (``/readyz`` counts live workers), brings
+back jobs whose worker died (their lease expired without a heartbeat renewing it), and re-sends queued
+jobs whose message never reached the broker or was lost by it.
 
-Every worker runs one reaper thread; the store's conditional updates make concurrent reapers act once.
+Every worker runs one; the store's conditional updates make concurrent reapers act once, and a duplicate
+message is harmless because only one claim can win.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 
 from celery import Celery
+from sqlalchemy.orm import Session, sessionmaker
 
-from api.dispatch import send_job
 from store import jobs as store
 from store.db import make_engine, session_factory, transaction
+from store.queue import dispatch
 from store.settings import Settings
 
 log = logging.getLogger("rlprune.worker")
+WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
+UNSENT_GRACE_SECONDS = 10.0  # the API sends right after its commit; give it that long before re-sending
 
 
-def reap_once(sessions, client: Celery, max_attempts: int) -> list[str]:
+def reap_once(sessions: sessionmaker[Session], client: Celery, max_attempts: int,
+              grace_seconds: float = 0.0) -> list[str]:
     """Requeue or fail every job with an expired lease; returns the ids sent to the queue again."""
     requeued = []
     with sessions() as session:
-        candidates = store.expired_jobs(session)
+        candidates = store.expired_jobs(session, grace_seconds)
     for job_id in candidates:
         with transaction(sessions) as session:
-            outcome = store.requeue_expired(session, job_id, max_attempts)
+            outcome = store.requeue_expired(session, job_id, max_attempts, grace_seconds)
         if outcome == "queued":
-            send_job(client, job_id)  # after the commit, like the API
+            dispatch(sessions, client, job_id)  # after the commit, like the API
             requeued.append(job_id)
         if outcome:
             log.warning("job %s had an expired lease: %s", job_id, outcome)
     return requeued
 
 
+def redispatch_once(sessions: sessionmaker[Session], client: Celery, resend_after: float) -> list[str]:
+    """Send again the queued jobs whose message may be missing; returns their ids."""
+    with sessions() as session:
+        missing = store.undispatched_jobs(session, unsent_after=UNSENT_GRACE_SECONDS, resend_after=resend_after)
+    for job_id in missing:
+        dispatch(sessions, client, job_id)
+        log.warning("job %s: queued without a message in the broker; sent again", job_id)
+    return missing
+
+
 def start_reaper(settings: Settings, client: Celery) -> threading.Thread:
-    sessions = session_factory(make_engine(settings.resolved_database_url))
+    sessions = session_factory(make_engine(settings.resolved_database_url, pool_size=1))
+
+    steps = (lambda: _beat(sessions),
+             lambda: reap_once(sessions, client, settings.max_attempts, settings.heartbeat_seconds),
+             lambda: redispatch_once(sessions, client, settings.redispatch_seconds))
 
     def loop() -> None:
         while True:
-            try:
-                reap_once(sessions, client, settings.max_attempts)
-            except Exception:  # a database hiccup must not kill the thread
-                log.exception("reaper pass failed")
+            for step in steps:
+                try:
+                    step()
+                except Exception as exc:  # a database or broker hiccup must not kill the thread
+                    log.warning("housekeeping step failed: %s", exc)
             threading.Event().wait(settings.heartbeat_seconds)
 
     thread = threading.Thread(target=loop, name="rlprune-reaper", daemon=True)
     thread.start()
     return thread
+
+
+def _beat(sessions: sessionmaker[Session]) -> None:
+    with transaction(sessions) as session:
+        store.beat(session, WORKER_NAME)

@@ -1,41 +1,64 @@
-"""Runs one job: claim it, run the pipeline under a renewed lease, stream its events, record the outcome."""
+"""Runs one job: claim it, run the pipeline under a renewed lease, stream its events, record the outcome.
+
+Two rules make a job safe to run on workers that die, stall or lose the database:
+
+- **Fencing.** Each run claims the job under a fresh owner token, and every write (progress, events,
+  artifacts, the terminal state) is a conditional update on that token: a worker whose lease was taken
+  over writes nothing more, and its files go to unique temporary names before an atomic rename.
+- **Infrastructure is not the job's fault.** A database blip delays progress writes and lease renewals
+  (they are retried); it never fails the job or burns an attempt. Only the job's own errors fail it, at
+  once, with their code.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import socket
 import threading
 import time
-from pathlib import Path
-from typing import Any
+import uuid
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any, TypeVar
 
 from celery.exceptions import Reject
-from sqlalchemy import select
 
 from store import jobs as store
-from store.db import make_engine, session_factory, transaction
-from store.models import Artifact, Job, utcnow
+from store import references
+from store.db import is_outage, make_engine, session_factory, transaction
+from store.models import Job, JobStatus
+from store.queue import dispatch
 from store.settings import Settings
 
 log = logging.getLogger("rlprune.worker")
 ALWAYS_WRITTEN = {"stage", "resumed", "completed"}
 SHUTTING_DOWN = threading.Event()  # set by the worker's shutdown signal
 CHECK_SECONDS = 2.0  # cancellation reaches a running job within this, plus the pipeline's own half second
+RETRY_SECONDS = 0.5
+# Writing the job's files failed because of the disk, not the job: reported as storage_unavailable.
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.ENOTDIR, errno.EACCES, errno.EPERM}
+T = TypeVar("T")
 
 
 class JobRunner:
     def __init__(self, settings: Settings, job_id: str):
         self.settings = settings
         self.job_id = job_id
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
-        self.engine = make_engine(settings.resolved_database_url)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"  # this run's fencing token
+        self.engine = make_engine(settings.resolved_database_url, pool_size=2,
+                                  pool_timeout=settings.db_pool_timeout_seconds)
         self.sessions = session_factory(self.engine)
+        self.workdir = settings.resolved_artifact_dir / job_id
         self.cancelled = threading.Event()
         self.lost = threading.Event()
         self.finished = threading.Event()
         self.buffer: list[Any] = []
+        self.stage: str | None = None
+        self.progress: float | None = None
+        self.event_budget = 0
         self.last_flush = 0.0
         self.last_check = 0.0
 
@@ -46,21 +69,46 @@ class JobRunner:
             self.engine.dispose()
             raise Reject("worker shutting down", requeue=True)
         try:
-            with transaction(self.sessions) as session:
-                if not store.claim(session, self.job_id, self.owner, self.settings.lease_seconds):
-                    return "not claimed"  # cancelled, finished, or running elsewhere
-                job = session.get(Job, self.job_id)
-                spec_data, attempt = job.spec, job.attempts
-            log.info("job %s: attempt %d", self.job_id, attempt)
+            try:
+                claimed = self._claim()
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
+                time.sleep(2 * RETRY_SECONDS)  # the database is away: give the message back for later
+                raise Reject("database unreachable", requeue=True) from exc
+            if claimed is None:
+                return "not claimed"  # cancelled, finished, or running elsewhere
+            tenant, spec_data = claimed
             heartbeat = threading.Thread(target=self._heartbeat, name="rlprune-heartbeat", daemon=True)
             heartbeat.start()
             try:
-                return self._run(spec_data)
+                return self._run(tenant, spec_data)
             finally:
                 self.finished.set()
                 heartbeat.join()
         finally:
             self.engine.dispose()
+
+    def _claim(self) -> tuple[str, dict] | None:
+        with transaction(self.sessions) as session:
+            if not store.claim(session, self.job_id, self.owner, self.settings.lease_seconds):
+                return None
+            job = session.get(Job, self.job_id)
+            self.event_budget = self.settings.max_event_rows - store.event_count(session, self.job_id)
+            log.info("job %s: attempt %d as %s", self.job_id, job.attempts, self.owner)
+            return job.tenant, job.spec
+
+    def _retrying(self, write: Callable[[], T]) -> T:
+        """Retry a write through a database outage for up to one lease; after that the lease is gone anyway."""
+        deadline = time.monotonic() + self.settings.lease_seconds
+        while True:
+            try:
+                return write()
+            except Exception as exc:
+                if not is_outage(exc) or time.monotonic() > deadline:
+                    raise
+                log.warning("job %s: database unreachable, retrying: %s", self.job_id, type(exc).__name__)
+                time.sleep(RETRY_SECONDS)
 
     # -- while the job runs -----------------------------------------------------------------------
     def _heartbeat(self) -> None:
@@ -68,120 +116,155 @@ class JobRunner:
             try:
                 with transaction(self.sessions) as session:
                     status = store.renew_lease(session, self.job_id, self.owner, self.settings.lease_seconds)
-            except Exception:
-                log.exception("job %s: heartbeat failed", self.job_id)
+            except Exception as exc:
+                log.warning("job %s: heartbeat failed (%s); retrying", self.job_id, type(exc).__name__)
                 continue
-            if status is None:
-                self.lost.set()
-            elif status == "cancelling":
-                self.cancelled.set()
+            self._note(status)
+
+    def _note(self, status: str | None) -> None:
+        if status is None:
+            self.lost.set()
+        elif status == JobStatus.CANCELLING:
+            self.cancelled.set()
 
     def _should_stop(self) -> bool:
-        """Asked every half second by the pipeline; looks at the job's status at most every CHECK_SECONDS."""
+        """Asked every half second by the pipeline; looks at the job's status at most every CHECK_SECONDS.
+        While the database is unreachable the job keeps computing; the heartbeat notices a lost lease."""
         now = time.monotonic()
         if now - self.last_check >= CHECK_SECONDS:
             self.last_check = now
-            with self.sessions() as session:
-                status, owner = session.execute(
-                    select(Job.status, Job.lease_owner).where(Job.id == self.job_id)).one()
-            if owner != self.owner:
-                self.lost.set()
-            elif status == "cancelling":
-                self.cancelled.set()
+            try:
+                with self.sessions() as session:
+                    status, owner = session.query(Job.status, Job.lease_owner).filter(Job.id == self.job_id).one()
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
+            else:
+                self._note(status if owner == self.owner else None)
         return self.cancelled.is_set() or self.lost.is_set() or SHUTTING_DOWN.is_set()
 
-    def _on_event(self, event) -> None:
-        self.buffer.append(event)
+    def _on_event(self, event: Any) -> None:
+        if event.type in ALWAYS_WRITTEN or self.event_budget > 0:
+            self.buffer.append(SimpleNamespace(type=event.type, stage=event.stage, message=event.message,
+                                               data=_jsonable(event.data)))
+            self.event_budget -= 1
+        self.stage, self.progress = event.stage, event.progress
         now = time.monotonic()
         if event.type in ALWAYS_WRITTEN or now - self.last_flush >= self.settings.progress_interval_seconds:
-            self._flush()
+            self._flush(tolerate_outage=event.type not in ALWAYS_WRITTEN)
             self.last_flush = now
 
-    def _flush(self) -> None:
-        """Write buffered events and the job's stage/progress in one transaction, if we still hold it."""
-        events, self.buffer = self.buffer, []
-        with transaction(self.sessions) as session:
-            job = session.get(Job, self.job_id, with_for_update=True)
-            if job is None or job.lease_owner != self.owner:
-                self.lost.set()
-                return
-            for event in events:
-                store.add_event(session, job, event.type, event.stage, event.message, _jsonable(event.data))
-            if events:
-                store.touch(job, stage=events[-1].stage or job.stage, progress=events[-1].progress)
-            if job.status == "cancelling":
-                self.cancelled.set()
+    def _flush(self, tolerate_outage: bool = True) -> None:
+        """Write buffered events and the job's stage/progress in one transaction, if we still hold the lease.
+        On a database outage the events stay buffered for the next flush (stage changes retry at once)."""
+        if not self.buffer and self.stage is None:
+            return
+
+        def write() -> str | None:
+            with transaction(self.sessions) as session:
+                return store.record_progress(session, self.job_id, self.owner, self.buffer, self.stage,
+                                             self.progress)
+
+        try:
+            status = write() if tolerate_outage else self._retrying(write)
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            log.warning("job %s: progress not written yet (database unreachable)", self.job_id)
+            return
+        self.buffer = []
+        self._note(status)
 
     # -- the job itself ---------------------------------------------------------------------------
-    def _run(self, spec_data: dict) -> str:
+    def _run(self, tenant: str, spec_data: dict) -> str:
         from rlprune_core.errors import RlpruneError  # torch loads here, in the worker only
         from rlprune_core.events import Stopped
+        from rlprune_core.export import artifact_record
+        from rlprune_core.locations import Locations
         from rlprune_core.pipeline import run_pipeline
         from rlprune_core.spec import JobSpec
 
-        spec = JobSpec.model_validate(spec_data)
-        root = Path(spec.dataset.root)
-        if not root.is_absolute():
-            spec = spec.model_copy(update={"dataset": spec.dataset.model_copy(
-                update={"root": str(self.settings.resolved_dataset_dir / root)})})
-        workdir = self.settings.resolved_artifact_dir / self.job_id
         try:
-            report = run_pipeline(spec, workdir, self._on_event, self._should_stop)
+            spec = JobSpec.model_validate(spec_data)
+            with self.sessions() as session:
+                resolved = references.resolve(session, tenant, self.settings.resolved_dataset_dir, spec_data)
+            locations = Locations(dataset_root=resolved.dataset_root, checkpoint=resolved.checkpoint,
+                                  allow_download=spec.dataset.download,
+                                  max_dataset_bytes=self.settings.max_dataset_bytes)
+            report = run_pipeline(spec, self.workdir, self._on_event, self._should_stop, locations=locations)
+            records = [*report["artifacts"], artifact_record(self.workdir / "report.json")]
         except Stopped:
             if self.lost.is_set():
                 log.warning("job %s: lease lost; another worker will carry on", self.job_id)
                 return "lease lost"
             if SHUTTING_DOWN.is_set() and not self.cancelled.is_set():
                 return self._release()
-            self._finish("cancelled", message="cancelled while running")
-            return "cancelled"
+            return self._finish(JobStatus.CANCELLED, "cancelled while running")
+        except references.BadReference as exc:
+            return self._fail("invalid_spec", str(exc))
         except RlpruneError as exc:
-            self._finish("failed", error={"code": exc.code, "message": str(exc)})
-            return "failed"
+            return self._fail(exc.code, str(exc))
+        except OSError as exc:
+            if exc.errno not in STORAGE_ERRNOS:
+                log.exception("job %s failed", self.job_id)
+                return self._fail("internal_error", "the job failed unexpectedly; the worker log has the details")
+            log.error("job %s: cannot write its files: %s", self.job_id, exc)
+            return self._fail("storage_unavailable", "the worker could not write the job's files "
+                                                     f"({os.strerror(exc.errno)}); nothing was published")
         except Exception:
             log.exception("job %s failed", self.job_id)
-            self._finish("failed", error={"code": "internal_error",
-                                          "message": "the job failed unexpectedly; the worker log has the details"})
-            return "failed"
-        self._record_artifacts(workdir, report)
-        self._finish("succeeded", metrics={k: v for k, v in report.items() if k != "spec"}, progress=1.0)
-        return "succeeded"
+            return self._fail("internal_error", "the job failed unexpectedly; the worker log has the details")
+        artifacts = [{**record, "path": str(self.workdir / record["name"])} for record in records]
+        metrics = _jsonable({k: v for k, v in report.items() if k != "spec"})
+        return self._finish(JobStatus.SUCCEEDED, "job succeeded", artifacts=artifacts, metrics=metrics,
+                            progress=1.0)
+
+    def _fail(self, code: str, message: str) -> str:
+        return self._finish(JobStatus.FAILED, message, error={"code": code, "message": message})
 
     def _release(self) -> str:
-        from api.dispatch import send_job
-
         from .app import app
 
         self._flush()
-        with transaction(self.sessions) as session:
-            released = store.release(session, self.job_id, self.owner)
-        if released:
-            send_job(app, self.job_id)
-        log.warning("job %s: worker shutting down; job queued again", self.job_id)
+
+        def write() -> str | None:
+            with transaction(self.sessions) as session:
+                return store.release(session, self.job_id, self.owner)
+
+        outcome = self._retrying(write)
+        if outcome == JobStatus.QUEUED:
+            try:
+                dispatch(self.sessions, app, self.job_id)
+            except Exception:  # the reaper's sweep re-sends queued jobs that were never dispatched
+                log.warning("job %s: could not re-send it now; the sweeper will", self.job_id)
+        log.warning("job %s: worker shutting down; job %s", self.job_id, outcome or "already taken over")
         return "released"
 
-    def _finish(self, status: str, message: str | None = None, **fields: Any) -> None:
-        """The terminal state, always written (and only by the lease holder)."""
-        self._flush()
-        if self.lost.is_set():
-            return
-        with transaction(self.sessions) as session:
-            job = session.get(Job, self.job_id, with_for_update=True)
-            store.touch(job, status=status, finished_at=utcnow(), lease_owner=None, lease_expires_at=None, **fields)
-            text = message or (fields["error"]["message"] if "error" in fields else f"job {status}")
-            store.add_event(session, job, status, job.stage, text)
+    def _finish(self, status: JobStatus, message: str, **fields: Any) -> str:
+        """The terminal state (with the artifacts, for a success) in one transaction, only while we hold
+        the lease; a lost lease means another run owns the job now, and this one writes nothing."""
+        self._flush(tolerate_outage=False)
 
-    def _record_artifacts(self, workdir: Path, report: dict) -> None:
-        from rlprune_core.export import artifact_record
+        def write() -> bool:
+            with transaction(self.sessions) as session:
+                return store.finish(session, self.job_id, self.owner, status, message, **fields)
 
-        records = [*report["artifacts"], artifact_record(workdir / "report.json")]
-        with transaction(self.sessions) as session:
-            for record in records:
-                session.add(Artifact(job_id=self.job_id, name=record["name"], bytes=record["bytes"],
-                                     sha256=record["sha256"], media_type=record["media_type"],
-                                     path=str(workdir / record["name"])))
+        try:
+            held = self._retrying(write)
+        except Exception:
+            if status == JobStatus.FAILED:
+                raise
+            log.exception("job %s: could not record it as %s", self.job_id, status)
+            return self._fail("internal_error", "the job failed unexpectedly; the worker log has the details")
+        if not held:
+            log.warning("job %s: lease lost before it could be finished as %s", self.job_id, status)
+            return "lease lost"
+        return str(status)
 
 
 def _jsonable(data: dict) -> dict:
-    """Event data as JSON values (numpy scalars and the like become plain numbers or strings)."""
-    return json.loads(json.dumps(data, default=lambda value: value.item() if hasattr(value, "item") else str(value)))
+    """Plain JSON that every database stores: numpy scalars become numbers, other objects strings, and
+    non-finite floats (which PostgreSQL's JSON refuses) null."""
+    text = json.dumps(data, default=lambda value: value.item() if hasattr(value, "item") else str(value))
+    return json.loads(text, parse_constant=lambda _name: None)
+

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from api.dispatch import RUN_JOB
+from store.queue import RUN_JOB
 
 from .app import app, settings
 from .runner import JobRunner

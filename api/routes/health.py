@@ -1,14 +1,20 @@
-"""Liveness, readiness and Prometheus metrics: the only routes served without an API key."""
+"""Liveness, readiness and Prometheus metrics: the routes served without a tenant's API key."""
 
 from __future__ import annotations
 
+import hmac
+import logging
+
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
 
-from ..problems import Problem
+from store.jobs import live_workers
+from store.queue import broker_reachable
+
+from ..problems import Problem, unavailable
 
 router = APIRouter(tags=["health"])
+log = logging.getLogger("rlprune.api")
 
 
 @router.get("/healthz")
@@ -16,22 +22,32 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {"description": "a dependency is down", "content": {
+    "application/problem+json": {}}}})
 def readyz(request: Request) -> dict[str, str]:
-    """Ready when the database answers and the broker accepts a connection."""
+    """Ready when the database answers, the broker accepts a connection and (unless configured otherwise) a
+    worker has beaten recently. The reasons name the part, never its address (this route is public)."""
+    settings = request.app.state.settings
     try:
         with request.app.state.sessions() as session:
-            session.execute(text("SELECT 1"))
+            workers = live_workers(session, settings.worker_stale_seconds)
     except Exception as exc:
-        raise Problem(503, "Service Unavailable", f"database unreachable: {exc}".splitlines()[0]) from exc
-    try:
-        with request.app.state.dispatcher.connection_for_write() as connection:
-            connection.ensure_connection(max_retries=1, timeout=2)
-    except Exception as exc:
-        raise Problem(503, "Service Unavailable", f"broker unreachable: {exc}".splitlines()[0]) from exc
+        log.warning("readiness: database: %s", exc)
+        raise unavailable("the job store is unreachable") from exc
+    if not broker_reachable(request.app.state.dispatcher):
+        raise unavailable("the job queue is unreachable")
+    if settings.ready_needs_worker and workers == 0:
+        raise unavailable("no worker has been seen recently")
     return {"status": "ready"}
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
 def metrics(request: Request) -> Response:
+    """Public unless ``RLPRUNE_METRICS_TOKEN`` is set; then it needs that token as a bearer credential."""
+    token = request.app.state.settings.metrics_token
+    if token:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            raise Problem(401, "Unauthorized", "/metrics needs the metrics token", headers={
+                "WWW-Authenticate": "Bearer"})
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

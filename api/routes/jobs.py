@@ -1,35 +1,62 @@
-"""/jobs: submit, list, read, cancel and delete prune jobs, and read their events and artifacts."""
+"""/jobs: submit, list, read, cancel and delete prune jobs, and read their reports, events and artifacts.
+
+Each route opens its database session inside the handler and closes it before the response is built or
+streamed, so a request holds a pooled connection only while it queries: a burst of requests or a crowd of
+event streams waits for connections in turn instead of deadlocking the thread pool.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import re
 import shutil
-from collections.abc import AsyncIterator
+import threading
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import FileResponse
 from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
+from rlprune_core.footprint import dataset_bytes
 from rlprune_core.spec import JobSpec
 from store import jobs as store
-from store.models import FINISHED, JOB_STATUSES, Job
+from store import references
+from store.db import transaction
+from store.models import FINISHED, Job, JobStatus
+from store.queue import dispatch_or_discard
 
-from ..deps import SessionDep, SettingsDep, TenantDep
-from ..dispatch import send_job
-from ..problems import Problem
+from ..auth import TenantDep
+from ..problems import Problem, invalid, unavailable
 from ..schemas import ArtifactOut, EventOut, EventPage, JobOut, JobPage
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
-NOT_FOUND = Problem(404, "Not Found", "no such job")
+PROBLEM = {"content": {"application/problem+json": {}}}
+router = APIRouter(prefix="/jobs", tags=["jobs"], responses={
+    401: {"description": "no valid API key", **PROBLEM}, 404: {"description": "no such job of yours", **PROBLEM},
+    422: {"description": "invalid request; `errors` names each field", **PROBLEM},
+    503: {"description": "overloaded or a backing service is down; see Retry-After", **PROBLEM}})
 STREAM_POLL_SECONDS = 0.5
+MAX_ID = 2**63 - 1
+JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+NOT_FOUND = Problem(404, "Not Found", "no such job")
 
 
-def _job(session: SessionDep, tenant: str, job_id: str) -> Job:
-    job = store.get_job(session, tenant, job_id)
+def _sessions(request: Request):
+    return request.app.state.sessions
+
+
+def _job(request: Request, tenant: str, job_id: str) -> Job:
+    if not JOB_ID.fullmatch(job_id):
+        raise NOT_FOUND
+    with _sessions(request)() as session:
+        job = store.get_job(session, tenant, job_id)
     if job is None:
         raise NOT_FOUND
     return job
@@ -39,116 +66,222 @@ def _etag(job: Job) -> str:
     return f'W/"{job.id}.{job.version}"'
 
 
-@router.post("", status_code=202, response_model=JobOut)
-def submit(spec: JobSpec, request: Request, response: Response, session: SessionDep, tenant: TenantDep,
-           idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> JobOut:
+def _check_limits(request: Request, spec: JobSpec) -> None:
+    """What one job may ask of a worker: each limit is a setting, and a refusal names the field."""
+    settings = request.app.state.settings
+    for field, value, limit in (("pretrain.epochs", spec.pretrain.epochs, settings.max_epochs),
+                                ("finetune.epochs", spec.finetune.epochs, settings.max_epochs),
+                                ("prune.steps", spec.prune.steps, settings.max_search_steps),
+                                ("prune.samples_per_step", spec.prune.samples_per_step,
+                                 settings.max_samples_per_step)):
+        if value > limit:
+            raise invalid(field, f"this service allows at most {limit}")
+    needed = dataset_bytes(spec.dataset)
+    if needed is not None and needed > settings.max_dataset_bytes:
+        raise invalid("dataset.image_size", f"the dataset at this size needs {needed / 1e6:.0f} MB of memory; "
+                                            f"this service allows {settings.max_dataset_bytes / 1e6:.0f} MB")
+
+
+@router.post("", status_code=202, response_model=JobOut, responses={
+    413: {"description": "the body is too large", **PROBLEM},
+    429: {"description": "too many unfinished jobs; see Retry-After", **PROBLEM}})
+def submit(spec: JobSpec, request: Request, response: Response, tenant: TenantDep,
+           idempotency_key: Annotated[str | None, Header(max_length=200, pattern=r"^[\x21-\x7e]+$")] = None,
+           ) -> JobOut:
+    settings = request.app.state.settings
+    _check_limits(request, spec)
+    data = spec.model_dump(mode="json")
     try:
-        job, created = store.create_job(session, tenant, spec.model_dump(mode="json"), idempotency_key)
+        with _sessions(request)() as session:
+            references.resolve(session, tenant, settings.resolved_dataset_dir, data)
+    except references.BadReference as exc:
+        raise invalid(exc.field, exc.message) from exc
+    try:
+        job, _ = store.create_job(_sessions(request), tenant, data, idempotency_key,
+                                        settings.max_unfinished_jobs)
     except store.Conflict as exc:
-        raise Problem(422, "Idempotency-Key reused", str(exc)) from exc
-    session.commit()  # the worker must find the row, so the task is sent only after the commit
-    if created:
-        send_job(request.app.state.dispatcher, job.id)
+        raise invalid("Idempotency-Key", str(exc)) from exc
+    except store.TooManyJobs as exc:
+        raise Problem(429, "Too Many Requests", str(exc), headers={"Retry-After": "60"}) from exc
+    if job.status == JobStatus.QUEUED and job.dispatched_at is None and not dispatch_or_discard(
+            _sessions(request), request.app.state.dispatcher, job.id):
+        raise unavailable("the job queue is unreachable, so the job was not accepted; retry shortly")
     response.headers["Location"] = f"/jobs/{job.id}"
     response.headers["ETag"] = _etag(job)
     return JobOut.of(job)
 
 
 @router.get("", response_model=JobPage)
-def list_jobs(request: Request, session: SessionDep, tenant: TenantDep,
-              status: Literal[*JOB_STATUSES] | None = None,  # type: ignore[valid-type]
-              limit: Annotated[int, Query(ge=1, le=200)] = 50, after: str | None = None) -> JobPage:
+def list_jobs(request: Request, tenant: TenantDep,
+              status: Literal[*(s.value for s in JobStatus)] | None = None,  # type: ignore[valid-type]
+              limit: Annotated[int, Query(ge=1, le=200)] = 50,
+              after: Annotated[str | None, Query(max_length=300)] = None) -> JobPage:
     try:
-        page = store.list_jobs(session, tenant, status=status, limit=limit, after=after)
-    except store.Conflict as exc:
-        raise Problem(422, "Invalid request", str(exc), errors=[{"field": "after", "message": str(exc)}]) from exc
-    following = None
-    if len(page) == limit:
-        following = str(request.url.include_query_params(after=page[-1].id))
-    return JobPage(items=[JobOut.of(j) for j in page], next=following)
+        cursor = store.Cursor.decode(after) if after else None
+    except store.InvalidCursor as exc:
+        raise invalid("after", str(exc)) from exc
+    with _sessions(request)() as session:
+        page, following = store.list_jobs(session, tenant, status=status, limit=limit, after=cursor)
+    link = None
+    if following is not None:
+        query = {k: v for k, v in (("status", status), ("limit", limit)) if v is not None}
+        link = f"/jobs?{urlencode({**query, 'after': following.encode()})}"
+    return JobPage(items=[JobOut.of(j) for j in page], next=link)
 
 
-@router.get("/{job_id}", response_model=JobOut)
-def read(job_id: str, session: SessionDep, tenant: TenantDep, response: Response,
-         if_none_match: Annotated[str | None, Header()] = None) -> JobOut | Response:
-    job = _job(session, tenant, job_id)
+@router.get("/{job_id}", response_model=JobOut, responses={304: {"description": "unchanged since If-None-Match"}})
+def read(job_id: str, request: Request, tenant: TenantDep,
+         if_none_match: Annotated[str | None, Header(max_length=1000)] = None) -> JobOut | Response:
+    job = _job(request, tenant, job_id)
     etag = _etag(job)
     if if_none_match and etag in [tag.strip() for tag in if_none_match.split(",")]:
         return Response(status_code=304, headers={"ETag": etag})
-    response.headers["ETag"] = etag
-    return JobOut.of(job)
+    # Serialised once, here: handing FastAPI the model would dump, re-validate and dump it again, and
+    # this is the route clients poll.
+    return Response(JobOut.of(job).model_dump_json(), media_type="application/json", headers={"ETag": etag})
 
 
-@router.post("/{job_id}/cancel", response_model=JobOut)
-def cancel(job_id: str, session: SessionDep, tenant: TenantDep) -> JobOut:
-    job = _job(session, tenant, job_id)
+@router.get("/{job_id}/report", response_model=dict[str, Any])
+def report(job_id: str, request: Request, tenant: TenantDep) -> dict[str, Any]:
+    """The whole report of a succeeded job (the same as its report.json artifact, less the spec)."""
+    job = _job(request, tenant, job_id)
+    if job.metrics is None:
+        raise Problem(404, "Not Found", f"the job is {job.status} and has no report")
+    return job.metrics
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut, responses={409: {"description": "already finished",
+                                                                          **PROBLEM}})
+def cancel(job_id: str, request: Request, tenant: TenantDep) -> JobOut:
+    if not JOB_ID.fullmatch(job_id):
+        raise NOT_FOUND
     try:
-        store.request_cancel(session, job)
+        with transaction(_sessions(request)) as session:
+            job = store.request_cancel(session, tenant, job_id)
     except store.Conflict as exc:
         raise Problem(409, "Conflict", str(exc)) from exc
-    session.commit()
+    if job is None:
+        raise NOT_FOUND
     return JobOut.of(job)
 
 
-@router.delete("/{job_id}", status_code=204)
-def delete(job_id: str, session: SessionDep, tenant: TenantDep, settings: SettingsDep) -> Response:
-    job = _job(session, tenant, job_id)
-    if job.status not in FINISHED:
-        raise Problem(409, "Conflict", f"the job is {job.status}; cancel it first")
-    session.delete(job)
-    session.commit()
-    shutil.rmtree(settings.resolved_artifact_dir / job_id, ignore_errors=True)
+@router.delete("/{job_id}", status_code=204, responses={409: {"description": "not finished yet", **PROBLEM}})
+def delete(job_id: str, request: Request, tenant: TenantDep) -> Response:
+    if not JOB_ID.fullmatch(job_id):
+        raise NOT_FOUND
+    with transaction(_sessions(request)) as session:
+        deleted = store.delete_job(session, tenant, job_id)
+    if deleted is None:
+        raise NOT_FOUND
+    if not deleted:
+        raise Problem(409, "Conflict", "the job has not finished; cancel it first")
+    shutil.rmtree(request.app.state.settings.resolved_artifact_dir / job_id, ignore_errors=True)
     return Response(status_code=204)
 
 
-@router.get("/{job_id}/events", response_model=EventPage)
-def events(job_id: str, request: Request, session: SessionDep, tenant: TenantDep,
-           after: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-           accept: Annotated[str, Header()] = "", last_event_id: Annotated[int | None, Header()] = None,
-           ) -> EventPage | EventSourceResponse:
+class StreamSlots:
+    """Open event streams per tenant in this process: a cap, so one tenant cannot hold every connection."""
+
+    def __init__(self, per_tenant: int):
+        self.per_tenant, self.open, self.lock = per_tenant, Counter[str](), threading.Lock()
+
+    @contextmanager
+    def slot(self, tenant: str) -> Iterator[None]:
+        with self.lock:
+            if self.open[tenant] >= self.per_tenant:
+                raise Problem(429, "Too Many Requests", f"at most {self.per_tenant} open event streams per tenant",
+                              headers={"Retry-After": "5"})
+            self.open[tenant] += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.open[tenant] -= 1
+
+
+@router.get("/{job_id}/events", response_model=EventPage, responses={
+    200: {"content": {"text/event-stream": {}}}, 429: {"description": "too many open streams", **PROBLEM}})
+def events(job_id: str, request: Request, tenant: TenantDep,
+           after: Annotated[int, Query(ge=0, le=MAX_ID)] = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+           accept: Annotated[str, Header(max_length=1000)] = "",
+           last_event_id: Annotated[int | None, Header(ge=0, le=MAX_ID)] = None) -> EventPage | EventSourceResponse:
     """Paged JSON, or with ``Accept: text/event-stream`` a live stream that ends when the job finishes."""
-    _job(session, tenant, job_id)
+    _job(request, tenant, job_id)
     if "text/event-stream" in accept:
         start = last_event_id if last_event_id is not None else after
-        return EventSourceResponse(_stream(request, job_id, start), ping=15)
-    page = store.events_after(session, job_id, after, limit)
-    following = str(request.url.include_query_params(after=page[-1].id)) if len(page) == limit else None
+        slots: StreamSlots = request.app.state.streams
+        slot = slots.slot(tenant)
+        slot.__enter__()  # raises 429 now, before the stream starts; released when the stream ends
+        return EventSourceResponse(_stream(request, job_id, start, slot), ping=15)
+    with _sessions(request)() as session:
+        page = store.events_after(session, job_id, after, limit)
+    following = f"/jobs/{job_id}/events?{urlencode({'after': page[-1].id, 'limit': limit})}" \
+        if len(page) == limit else None
     return EventPage(items=[EventOut.of(e) for e in page], next=following)
 
 
-async def _stream(request: Request, job_id: str, after: int) -> AsyncIterator[dict[str, str]]:
-    sessions = request.app.state.sessions
+async def _stream(request: Request, job_id: str, after: int, slot) -> AsyncIterator[dict[str, str]]:
+    """Polls with a short-lived session each time, so an open stream holds no database connection."""
+    sessions = _sessions(request)
 
     def poll(last: int) -> tuple[list[EventOut], str | None]:
         with sessions() as session:
-            job = session.get(Job, job_id)
-            return [EventOut.of(e) for e in store.events_after(session, job_id, last, 500)], job and job.status
+            return ([EventOut.of(e) for e in store.events_after(session, job_id, last, 500)],
+                    store.job_status(session, job_id))
 
     last = after
-    while not await request.is_disconnected():
-        batch, status = await run_in_threadpool(poll, last)
-        for event in batch:
-            last = event.id
-            yield {"id": str(event.id), "event": event.type, "data": event.model_dump_json()}
-        if status is None or (status in FINISHED and not batch):
-            return
-        if not batch:
-            await asyncio.sleep(STREAM_POLL_SECONDS)
+    try:
+        while not await request.is_disconnected():
+            try:
+                batch, status = await run_in_threadpool(poll, last)
+            except Exception:  # the database is away for a moment: the client keeps its place and waits
+                await asyncio.sleep(STREAM_POLL_SECONDS * 4)
+                continue
+            for event in batch:
+                last = event.id
+                yield {"id": str(event.id), "event": event.type, "data": event.model_dump_json()}
+            if status is None or (status in FINISHED and not batch):
+                return
+            if not batch:
+                await asyncio.sleep(STREAM_POLL_SECONDS)
+    finally:
+        slot.__exit__(None, None, None)
 
 
 @router.get("/{job_id}/artifacts", response_model=list[ArtifactOut])
-def artifacts(job_id: str, session: SessionDep, tenant: TenantDep) -> list[ArtifactOut]:
-    _job(session, tenant, job_id)
-    return [ArtifactOut.of(a) for a in store.artifacts_of(session, job_id)]
+def artifacts(job_id: str, request: Request, tenant: TenantDep) -> list[ArtifactOut]:
+    _job(request, tenant, job_id)
+    with _sessions(request)() as session:
+        return [ArtifactOut.of(a) for a in store.artifacts_of(session, job_id)]
 
 
-@router.get("/{job_id}/artifacts/{name}")
-def download(job_id: str, name: str, session: SessionDep, tenant: TenantDep) -> FileResponse:
+@router.api_route("/{job_id}/artifacts/{name}", methods=["GET", "HEAD"], response_class=FileResponse, responses={
+    200: {"content": {"application/octet-stream": {}}}, 206: {"description": "the requested range"},
+    400: {"description": "a malformed Range header", **PROBLEM},
+    416: {"description": "the range lies outside the file", **PROBLEM}})
+def download(job_id: str, name: str, request: Request, tenant: TenantDep,
+             range_: Annotated[str | None, Header(alias="range", max_length=1000)] = None) -> FileResponse:
     """Starlette's FileResponse serves Range requests; Repr-Digest (RFC 9530) carries the file's SHA-256."""
-    _job(session, tenant, job_id)
-    record = next((a for a in store.artifacts_of(session, job_id) if a.name == name), None)
+    _job(request, tenant, job_id)
+    with _sessions(request)() as session:
+        record = next((a for a in store.artifacts_of(session, job_id) if a.name == name), None)
     if record is None or not Path(record.path).is_file():
-        raise Problem(404, "Not Found", f"job {job_id} has no artifact {name!r}")
+        raise Problem(404, "Not Found", f"the job has no artifact {name!r}")
+    if range_:
+        _check_range(range_, record.bytes)
     digest = base64.b64encode(bytes.fromhex(record.sha256)).decode()
     return FileResponse(record.path, media_type=record.media_type, filename=record.name,
                         headers={"Repr-Digest": f"sha-256=:{digest}:"})
+
+
+def _check_range(header: str, size: int) -> None:
+    """FileResponse answers a bad Range with a plain-text 400 or 416; checking it first with the same parser
+    (a private classmethod of FileResponse, pinned by the Starlette version in uv.lock) makes those
+    answers problem+json like every other error."""
+    try:
+        FileResponse._parse_range_header(header, size)
+    except MalformedRangeHeader as exc:
+        raise Problem(400, "Bad Request", f"Range: {exc.content or 'malformed'}") from exc
+    except RangeNotSatisfiable as exc:
+        raise Problem(416, "Range Not Satisfiable", f"the file has {size} bytes",
+                      headers={"Content-Range": f"bytes */{size}"}) from exc

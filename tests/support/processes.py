@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from .conftest import REPO
+from .paths import REPO
 
 
 def free_port() -> int:

@@ -1,0 +1,75 @@
+"""What a spec sent to the API may name instead of a server path, and where each name leads.
+
+- ``dataset.root``: the name of a dataset folder the operator provides under ``RLPRUNE_DATASET_DIR``
+  (one path segment, e.g. ``cifar10``); it must still lie inside that folder once symlinks are resolved.
+- ``model.checkpoint``: ``job:<id>/<artifact>.safetensors``, an artifact of the caller's own succeeded job.
+
+Anything else (an absolute path, ``..``, ``~``, another tenant's job) is refused with a message that names
+the field and never says what exists on the server. ``rlprune run`` on a local machine does not come here:
+it keeps plain paths.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from . import jobs as store
+
+DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+JOB_ARTIFACT = re.compile(r"job:(?P<job>[0-9a-f-]{36})/(?P<name>[A-Za-z0-9._-]{1,200}\.safetensors)")
+ROOTED_DATASETS = ("cifar10", "cifar100", "imagefolder")  # the others are generated and read no folder
+
+
+class BadReference(ValueError):
+    """A spec field that names something the caller may not use; ``field`` is its dotted path."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field, self.message = field, message
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Where a job's inputs are on this server."""
+
+    dataset_root: Path
+    checkpoint: Path | None
+
+
+def dataset_root(dataset_dir: Path, spec: dict[str, Any]) -> Path:
+    root = str(spec["dataset"]["root"])
+    if spec["dataset"]["name"] not in ROOTED_DATASETS:
+        return dataset_dir  # never read
+    if not DATASET_NAME.fullmatch(root) or root in (".", ".."):
+        raise BadReference("dataset.root", "must be the name of a dataset this service provides (letters, "
+                                              "digits, '.', '_', '-'), not a path")
+    base = dataset_dir.resolve()
+    path = (base / root).resolve()
+    if path.parent != base:
+        raise BadReference("dataset.root", "names no dataset this service provides")
+    return path
+
+
+def checkpoint(session: Session, tenant: str, spec: dict[str, Any]) -> Path | None:
+    reference = spec["model"].get("checkpoint")
+    if reference is None:
+        return None
+    match = JOB_ARTIFACT.fullmatch(str(reference))
+    if match is None:
+        raise BadReference("model.checkpoint", "must be job:<id>/<name>.safetensors, an artifact of one of "
+                                                  "your succeeded jobs")
+    artifact = store.finished_artifact(session, tenant, match["job"], match["name"])
+    if artifact is None:
+        raise BadReference("model.checkpoint", "names no artifact of a succeeded job of yours")
+    return Path(artifact.path)
+
+
+def resolve(session: Session, tenant: str, dataset_dir: Path, spec: dict[str, Any]) -> Resolved:
+    """Check every reference in ``spec`` (a validated spec as JSON) for ``tenant``; raises
+    :class:`BadReference` naming the first bad field."""
+    return Resolved(dataset_root(dataset_dir, spec), checkpoint(session, tenant, spec))
