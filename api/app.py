@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio.to_thread
 from fastapi import FastAPI
 
 from store.db import make_engine, session_factory
@@ -9,15 +13,25 @@ from store.queue import make_client
 from store.settings import Settings, get_settings
 
 from . import problems
-from .auth import AuthMiddleware, KeyCache
+from .auth import AuthMiddleware, KeyCache, document_security
 from .limits import BodyLimitMiddleware
 from .metrics import LatencyMiddleware, Metrics
 from .routes import health, jobs
 
 
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Blocking handlers run on anyio's thread pool (40 threads by default). Each needs a database
+    connection, so threads beyond the pool's size would only queue for connections while contending for
+    the GIL: the pool size caps the threads too, and the other requests wait their turn on the loop."""
+    anyio.to_thread.current_default_thread_limiter().total_tokens = app.state.settings.db_pool_size
+    yield
+    app.state.engine.dispose()
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    app = FastAPI(title="rlprune", version="0.1.0",
+    app = FastAPI(title="rlprune", version="0.1.0", lifespan=_lifespan,
                   description="Shrink convolutional networks by RL-driven channel pruning. Errors are "
                               "RFC 9457 `application/problem+json`.")
     app.state.settings = settings
@@ -31,6 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
+    document_security(app)
     # Outermost last: latency covers everything; a key is checked before any body is read.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(AuthMiddleware, keys=KeyCache(app.state.sessions))

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import SpecError
 
@@ -44,6 +44,16 @@ _JsonNumbers.add_implicit_resolver(
 )
 
 
+def _printable(text: str) -> str:
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise ValueError("must not contain control characters")
+    return text
+
+
+# Text a person types: no control characters (a NUL cannot even be stored in PostgreSQL's JSON), bounded.
+Text = Annotated[str, Field(min_length=1, max_length=1000), AfterValidator(_printable)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
@@ -51,14 +61,14 @@ class _Strict(BaseModel):
 class ModelSpec(_Strict):
     arch: Arch = "vgg16"
     width: Annotated[float, Field(gt=0.0, le=4.0)] = 1.0
-    checkpoint: str | None = Field(
+    checkpoint: Text | None = Field(
         default=None, description="safetensors state of the unpruned model; used when pretrain.epochs is 0"
     )
 
 
 class DatasetSpec(_Strict):
     name: DatasetName = "cifar10"
-    root: str = "data"
+    root: Text = "data"
     download: bool = False
     val_fraction: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.1
     # 512 px is allowed here; whether a machine can hold the images at that size is checked where the job
@@ -123,7 +133,7 @@ class ExportSpec(_Strict):
 
 
 class JobSpec(_Strict):
-    name: Annotated[str, Field(min_length=1, max_length=200)] = "rlprune-job"
+    name: Annotated[Text, Field(max_length=200)] = "rlprune-job"
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
     model: ModelSpec = ModelSpec()
     dataset: DatasetSpec = DatasetSpec()

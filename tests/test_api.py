@@ -107,6 +107,8 @@ def test_idempotency_key_returns_the_same_job_or_refuses_a_different_body(servic
     ({"model": {"arch": "vgg8"}}, "model.arch"),
     ({"surprise": 1}, "surprise"),
     ({"finetune": {"lr": True}}, "finetune.lr"),
+    ({"name": "nul\u0000byte"}, "name"),
+    ({"dataset": {"name": "digits", "root": "line\nbreak"}}, "dataset.root"),
     ({"pretrain": {"epochs": 100_000}}, "pretrain.epochs"),
     ({"prune": {"steps": 100_000}}, "prune.steps"),
     ({"dataset": {"name": "synthetic", "image_size": 512}}, "dataset.image_size"),

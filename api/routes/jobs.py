@@ -255,10 +255,15 @@ def artifacts(job_id: str, request: Request, tenant: TenantDep) -> list[Artifact
         return [ArtifactOut.of(a) for a in store.artifacts_of(session, job_id)]
 
 
-@router.api_route("/{job_id}/artifacts/{name}", methods=["GET", "HEAD"], response_class=FileResponse, responses={
-    200: {"content": {"application/octet-stream": {}}}, 206: {"description": "the requested range"},
-    400: {"description": "a malformed Range header", **PROBLEM},
-    416: {"description": "the range lies outside the file", **PROBLEM}})
+ARTIFACT_RESPONSES = {200: {"content": {"application/octet-stream": {}}}, 206: {"description": "the requested range"},
+                      400: {"description": "a malformed Range header", **PROBLEM},
+                      416: {"description": "the range lies outside the file", **PROBLEM}}
+
+
+@router.head("/{job_id}/artifacts/{name}", response_class=FileResponse, responses=ARTIFACT_RESPONSES,
+             operation_id="head_artifact", summary="Artifact headers")
+@router.get("/{job_id}/artifacts/{name}", response_class=FileResponse, responses=ARTIFACT_RESPONSES,
+            operation_id="download_artifact", summary="Download an artifact")
 def download(job_id: str, name: str, request: Request, tenant: TenantDep,
              range_: Annotated[str | None, Header(alias="range", max_length=1000)] = None) -> FileResponse:
     """Starlette's FileResponse serves Range requests; Repr-Digest (RFC 9530) carries the file's SHA-256."""
