@@ -46,9 +46,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(jobs.router)
     document_security(app)
-    # Outermost last: latency covers everything; a key is checked before any body is read.
+    # Outermost last: latency covers everything, unexpected errors (a database outage during the key
+    # check too) become problems, and a key is checked before any body is read.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(AuthMiddleware, keys=KeyCache(app.state.sessions))
+    app.add_middleware(problems.UnexpectedErrorMiddleware)
     app.add_middleware(LatencyMiddleware, metrics=app.state.metrics)
     return app
 

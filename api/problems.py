@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from store.db import is_outage
 
@@ -81,12 +81,44 @@ def install(app: FastAPI) -> None:
         return problem_response(request, Problem(exc.status_code, str(exc.detail),
                                                  headers=getattr(exc, "headers", None)))
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        """Never a traceback or a driver's message (they hold server names and paths): a database that is
-        away is a 503 to retry, anything else a bare 500 whose details stay in the server's log."""
-        if is_outage(exc):
-            log.warning("database unavailable: %s", type(exc).__name__)
-            return problem_response(request, unavailable("the job store is unavailable; retry shortly"))
-        log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
-        return problem_response(request, Problem(500, "Internal Server Error"))
+
+
+def unexpected(error: BaseException, method: str, path: str) -> Problem:
+    """Never a traceback or a driver's message (they hold server names and paths): a database that is
+    away is a 503 to retry, anything else a bare 500 whose details stay in the server's log."""
+    if is_outage(error):
+        log.warning("database unavailable during %s %s: %s", method, path, type(error).__name__)
+        return unavailable("the job store is unavailable; retry shortly")
+    log.error("unexpected error on %s %s", method, path, exc_info=error)
+    return Problem(500, "Internal Server Error")
+
+
+class UnexpectedErrorMiddleware:
+    """Answers any exception a route or middleware lets escape with a problem, and keeps the connection.
+
+    An ``Exception`` handler registered with FastAPI runs in Starlette's outermost error middleware, which
+    sends the response and then re-raises; uvicorn then drops the connection without saying so, and a
+    client's next request on that kept-alive connection is reset. Catching here, inside that middleware,
+    ends the request normally.
+    """
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception as error:
+            if started:
+                raise  # too late for a problem response: the status line is out
+            await send_problem(send, scope["path"], unexpected(error, scope["method"], scope["path"]))

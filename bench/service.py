@@ -146,7 +146,7 @@ def main() -> None:
         report = real_report(logs)
         with fresh_postgres() as url:
             migrate(url)
-            env = {"RLPRUNE_DATABASE_URL": url, "RLPRUNE_BROKER_URL": fresh_redis().replace("/15", "/13"),
+            env = {"RLPRUNE_DATABASE_URL": url, "RLPRUNE_BROKER_URL": fresh_redis(13),
                    "RLPRUNE_DATA_DIR": str(logs / "pg")}
             results["dispatch_redis"] = measure_dispatch(url, env, logs)
             results["reads_postgres"] = measure_reads(url, env, logs, report)

@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from .data import InputContract
-from .files import write_atomically
+from .files import write_atomically, write_serialized
 from .models import ModelConfig, build_model
 from .structure import PrunableGroup, find_groups
 from .surgery import prune_model
@@ -34,7 +34,7 @@ MEDIA_TYPES = {
 def save_weights(model: nn.Module, path: Path) -> None:
     """Write atomically, so an existing file is always a complete one (resume relies on it)."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    write_atomically(path, lambda tmp: save_file(state, str(tmp)))
+    write_serialized(path, lambda buffer: buffer.write(save(state)))
 
 
 def model_description(config: ModelConfig, groups: Sequence[PrunableGroup], kept: Sequence[Sequence[int]],
@@ -82,7 +82,7 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> nn.Mod
 def export_pt2(model: nn.Module, contract: InputContract, path: Path) -> None:
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     program = torch.export.export(model.cpu().eval(), (example_input(contract, 2),), dynamic_shapes=({0: batch},))
-    write_atomically(path, lambda tmp: torch.export.save(program, str(tmp)))
+    write_serialized(path, lambda buffer: torch.export.save(program, buffer))
 
 
 def export_onnx(model: nn.Module, contract: InputContract, path: Path) -> None:

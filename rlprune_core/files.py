@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from collections.abc import Callable
@@ -27,3 +28,16 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_serialized(path: Path, serialize: Callable[[io.BytesIO], None]) -> None:
+    """Serialise into memory, then write the bytes atomically with Python's own I/O.
+
+    torch's C++ writer reports a full disk (or a file-size limit) as a bare ``RuntimeError`` and
+    safetensors as its own error type, neither with an errno, so a caller could not tell a full disk from
+    a bug. Python's write raises ``OSError`` with ``ENOSPC``/``EFBIG``, which the service reports as
+    ``storage_unavailable``. The price is one copy of the file in memory while it is written.
+    """
+    buffer = io.BytesIO()
+    serialize(buffer)
+    write_atomically(path, lambda tmp: tmp.write_bytes(buffer.getbuffer()))

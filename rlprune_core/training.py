@@ -17,7 +17,7 @@ from torch import nn
 from .data import Split
 from .device import autocast, prepare_input
 from .events import StopCheck
-from .files import write_atomically
+from .files import write_serialized
 from .loader import BatchLoader
 from .spec import TrainSpec
 
@@ -37,7 +37,7 @@ class EpochResult:
 
 
 def save_atomic(state: dict, path: Path) -> None:
-    write_atomically(path, lambda tmp: torch.save(state, tmp))
+    write_serialized(path, lambda buffer: torch.save(state, buffer))
 
 
 @torch.no_grad()

@@ -38,7 +38,7 @@ def service(tmp_path_factory):
         with transaction(session_factory(engine)) as session:
             _, key = store.create_api_key(session, "e2e", "e2e")
         engine.dispose()
-        running = Service({"RLPRUNE_DATABASE_URL": url, "RLPRUNE_BROKER_URL": fresh_redis().replace("/15", "/14"),
+        running = Service({"RLPRUNE_DATABASE_URL": url, "RLPRUNE_BROKER_URL": fresh_redis(14),
                            "RLPRUNE_DATA_DIR": str(root / "data"), "RLPRUNE_LEASE_SECONDS": "4",
                            "RLPRUNE_HEARTBEAT_SECONDS": "1", "RLPRUNE_PROGRESS_INTERVAL_SECONDS": "0.2"}, root)
         try:

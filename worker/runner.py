@@ -177,14 +177,15 @@ class JobRunner:
 
     # -- the job itself ---------------------------------------------------------------------------
     def _run(self, tenant: str, spec_data: dict) -> str:
-        from rlprune_core.errors import RlpruneError  # torch loads here, in the worker only
+        from rlprune_core.errors import RlpruneError  # torch-free; the rest loads torch, in the worker only
         from rlprune_core.events import Stopped
-        from rlprune_core.export import artifact_record
-        from rlprune_core.locations import Locations
-        from rlprune_core.pipeline import run_pipeline
-        from rlprune_core.spec import JobSpec
 
         try:
+            from rlprune_core.export import artifact_record
+            from rlprune_core.locations import Locations
+            from rlprune_core.pipeline import run_pipeline
+            from rlprune_core.spec import JobSpec
+
             spec = JobSpec.model_validate(spec_data)
             with self.sessions() as session:
                 resolved = references.resolve(session, tenant, self.settings.resolved_dataset_dir, spec_data)

@@ -10,6 +10,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -47,14 +48,17 @@ def fresh_postgres() -> Iterator[str]:
 REDIS_URL = os.environ.get("RLPRUNE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
-def fresh_redis() -> str:
-    """An emptied Redis database (by default number 15 of the local server) for one test module."""
+def fresh_redis(number: int | None = None) -> str:
+    """An emptied Redis database for one test module: ``number`` of the test server, or the database
+    RLPRUNE_TEST_REDIS_URL names (15 by default). Modules that start workers take a number of their own,
+    so messages one leaves behind (jobs no worker took) never reach another module's workers."""
     import redis
 
+    url = REDIS_URL if number is None else urlunsplit(urlsplit(REDIS_URL)._replace(path=f"/{number}"))
     try:
-        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+        client = redis.Redis.from_url(url, socket_connect_timeout=2)
         client.flushdb()
         client.close()
     except Exception as error:
         _unavailable("Redis", error)
-    return REDIS_URL
+    return url
