@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio.to_thread
 from fastapi import FastAPI
 
-from store.db import make_engine, session_factory
+from store.db import make_async_engine, make_engine, session_factory
 from store.queue import make_client
 from store.settings import Settings, get_settings
 
@@ -16,6 +17,7 @@ from . import problems
 from .auth import AuthMiddleware, KeyCache, document_security
 from .limits import BodyLimitMiddleware
 from .metrics import LatencyMiddleware, Metrics
+from .reads import Reader
 from .routes import health, jobs
 
 
@@ -25,7 +27,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     connection, so threads beyond the pool's size would only queue for connections while contending for
     the GIL: the pool size caps the threads too, and the other requests wait their turn on the loop."""
     anyio.to_thread.current_default_thread_limiter().total_tokens = app.state.settings.db_pool_size
+    gc.freeze()  # the objects of start-up live as long as the process: keep full collections off them
     yield
+    await app.state.reader.close()
     app.state.engine.dispose()
 
 
@@ -38,6 +42,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = make_engine(settings.resolved_database_url, pool_size=settings.db_pool_size,
                                    pool_timeout=settings.db_pool_timeout_seconds)
     app.state.sessions = session_factory(app.state.engine)
+    app.state.reader = Reader(app.state.engine, make_async_engine(
+        settings.resolved_database_url, pool_size=settings.db_pool_size, pool_timeout=settings.db_pool_timeout_seconds))
     app.state.dispatcher = make_client(settings.resolved_broker_url)
     app.state.dispatcher.conf.broker_connection_timeout = 2  # an unreachable broker is a quick 503
     app.state.metrics = Metrics(app.state.sessions)

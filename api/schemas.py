@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel
+from sqlalchemy import Row
 
 from store.models import Artifact, Job, JobEvent
 
@@ -35,7 +36,8 @@ class JobOut(BaseModel):
     links: dict[str, str]
 
     @classmethod
-    def of(cls, job: Job) -> JobOut:
+    def of(cls, job: Job | Row) -> JobOut:
+        """From the ORM object or from a row of the jobs table (``api.reads``): the same attributes."""
         base = f"/jobs/{job.id}"
         return cls(id=job.id, name=job.name, status=job.status, stage=job.stage, progress=job.progress,
                    attempts=job.attempts,

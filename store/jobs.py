@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import Select, and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -122,9 +122,19 @@ def unfinished_count(session: Session, tenant: str) -> int:
         Job.tenant == tenant, Job.status.not_in(FINISHED))) or 0
 
 
-def get_job(session: Session, tenant: str, job_id: str) -> Job | None:
+def job_query(tenant: str, job_id: str) -> Select[tuple[Job]]:
     """The tenant's job; another tenant's job is indistinguishable from a missing one."""
-    return session.scalar(select(Job).where(Job.id == job_id, Job.tenant == tenant))
+    return select(Job).where(Job.id == job_id, Job.tenant == tenant)
+
+
+def get_job(session: Session, tenant: str, job_id: str) -> Job | None:
+    return session.scalar(job_query(tenant, job_id))
+
+
+# The same job as a plain row of its columns, for readers that need no ORM object. Built once, with bound
+# parameters ``job_id`` and ``tenant``: building a statement costs more than SQLite takes to run it.
+JOB_ROW = select(*Job.__table__.columns).where(Job.__table__.c.id == bindparam("job_id"),
+                                               Job.__table__.c.tenant == bindparam("tenant"))
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ log = logging.getLogger("rlprune.api")
 
 
 @router.get("/healthz")
-def healthz() -> dict[str, str]:
+async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
