@@ -1,199 +1,206 @@
-"""Does RL earn its keep? Final accuracy of reinforce, policy-network, l1 and random at the same budget.
+"""Does a search earn its keep? Final test accuracy of each method against uniform L1 at the same budget.
 
-For each dataset and seed: one job pretrains the model (and prunes it with ``l1``); the other methods start
-from those same pretrained weights, prune to keep 50 % of the MACs and finetune with the same budget.
-The ``reinforce`` job also prunes the pretrained model to the *same per-layer channel counts* as its own
-result with l1 and random ("@rl" rows), which isolates the choice of channels from the choice of counts.
-``reinforce-stale-bn`` is reinforce scoring candidates with the pretrained BatchNorm statistics instead of
-re-estimating them under each candidate's mask. A second measurement compares the environment's batched
-candidate scoring with one forward pass per candidate, on the same candidates, in the same process.
+Configurations: VGG-11 at width 0.25 and ResNet-20 on the CIFAR-10 sample, keeping 50 % and 30 % of the
+MACs. For each model and seed one job pretrains; every method then starts from those weights, prunes to
+the budget and finetunes the same way. Methods: the search agents ``reinforce``, ``allocation``,
+``policy-network`` and ``random-search``, all at the same number of candidate evaluations (steps x
+samples + 1; ``policy-network`` splits its steps over the layers, so ``--steps`` should be a multiple of
+24: 8 groups in VGG-11, 12 in ResNet-20), and the uniform ratios ``l1`` and ``random`` (Li et al. 2017),
+what a user would do without a search. The default agent is marked in the table.
 
-    uv run python -m bench.quality [--datasets digits cifar10-subset synthetic] [--seeds 0 1 2]
+Selection never looks at the test set: searches score on half of the validation split and report their
+result's proxy on the other half. Per configuration, the table gives each method's final test accuracy,
+its paired difference against uniform l1 over seeds with a 95 % t-interval, its held-out proxy, its
+evaluations and its search seconds.
+
+A full run takes hours on a CPU, so every (configuration, seed, method) cell is cached in
+``bench/results/<name>_cells.json`` as it finishes, and the jobs themselves resume from their work
+folders: run the same command again to continue.
+
+    uv run python -m bench.quality [--configs vgg11-keep0.5 ...] [--seeds 0 1 2 3 4] [--steps 48]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import hashlib
 import json
 import os
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from scipy import stats
 
 from rlprune_core import JobSpec, run_pipeline
-from rlprune_core.agents.base import CALIBRATION_IMAGES
-from rlprune_core.cost import CostModel
-from rlprune_core.data import Split, load_dataset
-from rlprune_core.environment import PruningEnvironment
-from rlprune_core.models import ModelConfig, build_model
-from rlprune_core.spec import RewardSpec
-from rlprune_core.structure import find_groups
+from rlprune_core.spec import PruneSpec
 
 from .common import RESULTS, environment, write_results
 
 SUBSET = Path(os.environ.get("RLPRUNE_CIFAR10_SUBSET",
                              Path(__file__).resolve().parents[2] / "shared/datasets/cifar10-subset"))
-SEARCH = {"steps": 40, "samples_per_step": 16, "eval_samples": 256, "layer_finetune_steps": 10,
-          "budget": {"metric": "macs", "keep": 0.5}}
-DATASETS = {
-    "digits": {"dataset": {"name": "digits"}, "pretrain": {"epochs": 12, "batch_size": 64},
-               "finetune": {"epochs": 4, "batch_size": 64}},
-    "cifar10-subset": {"dataset": {"name": "imagefolder", "root": str(SUBSET)},
-                       "pretrain": {"epochs": 20, "batch_size": 128}, "finetune": {"epochs": 4, "batch_size": 128}},
-    "synthetic": {"dataset": {"name": "synthetic", "max_train_samples": 2000},
-                  "pretrain": {"epochs": 8, "batch_size": 128}, "finetune": {"epochs": 3, "batch_size": 128}},
-}
-METHODS = ["reinforce", "reinforce-stale-bn", "policy-network", "l1", "random"]
+# A fifth of the training images for validation: 1,034 images, split into 517 to search on and 517 held out.
+DATASET = {"name": "imagefolder", "root": str(SUBSET), "val_fraction": 0.2}
+MODELS = {"vgg11": {"arch": "vgg11", "width": 0.25}, "resnet20": {"arch": "resnet20", "width": 1.0}}
+KEEPS = (0.5, 0.3)
+CONFIGS = {f"{model}-keep{keep}": (model, keep) for model in MODELS for keep in KEEPS}
+PRETRAIN = {"epochs": 20, "batch_size": 128}
+FINETUNE = {"epochs": 4, "batch_size": 128}
+SEARCH = {"steps": 48, "samples_per_step": 16, "layer_finetune_steps": 10}
+DEFAULT_AGENT = PruneSpec().agent
+SEARCHES = ["reinforce", "allocation", "policy-network", "random-search"]
+METHODS = [*dict.fromkeys([DEFAULT_AGENT, *SEARCHES]), "l1", "random"]
+REFERENCE = "l1"
 
 
-def job(dataset: str, seed: int, method: str, checkpoint: Path | None) -> JobSpec:
-    """``reinforce-stale-bn`` is reinforce scoring candidates with the pretrained BatchNorm statistics."""
-    base = DATASETS[dataset]
-    agent = method.removesuffix("-stale-bn")
-    pretrain = {**base["pretrain"], "epochs": 0} if checkpoint else base["pretrain"]
+def pretrain_job(model: str, seed: int, epochs: int) -> JobSpec:
+    """Pretraining only (uniform l1 at keep 0.5, no finetune): its pretrained.safetensors seeds every method."""
     return JobSpec.model_validate({
-        "name": f"{dataset}-{method}-{seed}", "seed": seed,
-        "model": {"arch": "vgg11", "width": 0.25, "checkpoint": str(checkpoint) if checkpoint else None},
-        "dataset": base["dataset"], "pretrain": pretrain, "finetune": base["finetune"],
-        "prune": {"agent": agent, **SEARCH, "bn_recalibration": not method.endswith("-stale-bn")},
-        "export": {"formats": ["safetensors"]},
-        "baselines": ["l1", "random"] if agent == "reinforce" else [], "device": "auto",
+        "name": f"{model}-{seed}-pretrain", "seed": seed, "model": MODELS[model], "dataset": DATASET,
+        "pretrain": {**PRETRAIN, "epochs": epochs}, "prune": {"agent": "l1"}, "finetune": {"epochs": 0},
+        "export": {"formats": ["safetensors"]}, "device": "auto",
     })
 
 
-def run_dataset(dataset: str, seeds: list[int], workroot: Path) -> list[dict]:
-    rows = []
-    for seed in seeds:
-        first = run_pipeline(job(dataset, seed, "l1", None), workroot / f"{dataset}-{seed}-l1")
-        pretrained = workroot / f"{dataset}-{seed}-l1" / "pretrained.safetensors"
-        reports = {"l1": first}
-        for method in ("random", "reinforce", "reinforce-stale-bn", "policy-network"):
-            reports[method] = run_pipeline(job(dataset, seed, method, pretrained),
-                                           workroot / f"{dataset}-{seed}-{method}")
-        for method, report in reports.items():
-            rows.append(_row(dataset, seed, method, report))
-        for name, result in reports["reinforce"]["baselines"].items():
-            rows.append({"dataset": dataset, "seed": seed, "method": f"{name}@rl",
-                         "final_accuracy": result["final_accuracy"], "pruned_accuracy": result["pruned_accuracy"],
-                         "macs_kept": reports["reinforce"]["budget"]["achieved"]})
-        print(json.dumps(rows[-7:]), flush=True)
-    return rows
+def method_job(config: str, seed: int, method: str, checkpoint: Path, search: dict, finetune_epochs: int) -> JobSpec:
+    model, keep = CONFIGS[config]
+    return JobSpec.model_validate({
+        "name": f"{config}-{method}-{seed}", "seed": seed,
+        "model": {**MODELS[model], "checkpoint": str(checkpoint)}, "dataset": DATASET,
+        "pretrain": {**PRETRAIN, "epochs": 0}, "finetune": {**FINETUNE, "epochs": finetune_epochs},
+        "prune": {"agent": method, **search, "budget": {"metric": "macs", "keep": keep}},
+        "export": {"formats": ["safetensors"]}, "device": "auto",
+    })
 
 
-def _row(dataset: str, seed: int, method: str, report: dict) -> dict:
+def _run(config: str, seed: int, method: str, job: JobSpec, workdir: Path) -> dict:
+    return _row(config, seed, method, run_pipeline(job, workdir))
+
+
+def _row(config: str, seed: int, method: str, report: dict) -> dict:
     search = report["search"]
-    return {"dataset": dataset, "seed": seed, "method": method, "baseline_accuracy": report["baseline"]["accuracy"],
+    proxy = search.get("proxy", {}).get("held_out", {})
+    return {"config": config, "seed": seed, "method": method, "baseline_accuracy": report["baseline"]["accuracy"],
             "pruned_accuracy": report["pruned"]["accuracy"], "final_accuracy": report["final"]["accuracy"],
-            "macs_kept": report["budget"]["achieved"], "search_s": report["timings_s"]["prune"],
-            "candidates_per_s": search.get("candidates_per_s")}
+            "macs_kept": report["budget"]["achieved"], "evaluations": search.get("evaluations", 0),
+            "proxy_log_likelihood": proxy.get("log_likelihood"), "proxy_accuracy": proxy.get("accuracy"),
+            "search_s": search.get("seconds", 0.0), "prune_s": report["timings_s"]["prune"],
+            "job_s": round(sum(report["timings_s"].values()), 3)}
 
 
-def batched_vs_sequential(dataset: str, checkpoint: Path, recalibrate: bool, candidates: int = 16,
-                          images: int = 256) -> dict:
-    """Candidates/s of batched scoring vs one forward pass (pair) per candidate, on the same masks."""
-    from safetensors.torch import load_file
+class Cells:
+    """Finished cells, saved after each one, so an interrupted run continues where it stopped."""
 
-    spec = job(dataset, 0, "reinforce", checkpoint)
-    data = load_dataset(spec.dataset, 0)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = build_model(ModelConfig("vgg11", data.num_classes, data.contract.channels, 0.25))
-    model.load_state_dict(load_file(str(checkpoint)))
-    model = model.to(device).eval()
-    example = torch.zeros(1, data.contract.channels, 32, 32, device=device)
-    groups = find_groups(model, example)
-    train = data.train.to(device)
-    calibration = Split(train.images[:CALIBRATION_IMAGES], train.labels[:CALIBRATION_IMAGES]) if recalibrate else None
-    env = PruningEnvironment(model, groups, CostModel.from_model(model, groups, example), data.val.to(device),
-                             metric="macs", keep=0.5, reward=RewardSpec(), eval_samples=images, device=device, seed=0,
-                             calibration=calibration)
-    generator = torch.Generator().manual_seed(0)
-    masks = [torch.bernoulli(torch.full((candidates, g.size), 0.7), generator=generator).to(device) for g in groups]
-    x, y = env.sample_images()
-    env.accuracy(masks, x, y)  # warm-up
+    def __init__(self, path: Path):
+        self.path = path
+        self.rows: dict[str, dict] = json.loads(path.read_text()) if path.exists() else {}
 
-    def timed(fn) -> tuple[float, list[float]]:
-        began = time.perf_counter()
-        result = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - began, list(result)
-
-    batched_s, batched = timed(lambda: env.accuracy(masks, x, y))
-    sequential_s, sequential = timed(lambda: [env.accuracy([m[k: k + 1] for m in masks], x, y)[0]
-                                              for k in range(candidates)])
-    assert batched == sequential, "batched and sequential scoring disagree"
-    return {"dataset": dataset, "bn_recalibration": recalibrate, "device": str(device), "candidates": candidates,
-            "images_per_candidate": images,
-            "batched_candidates_per_s": round(candidates / batched_s, 2),
-            "sequential_candidates_per_s": round(candidates / sequential_s, 2),
-            "speedup": round(sequential_s / batched_s, 2)}
+    def run(self, key: str, job: Callable[[], dict]) -> dict:
+        if key not in self.rows:
+            self.rows[key] = job()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = self.path.with_suffix(".tmp")
+            temporary.write_text(json.dumps(self.rows, indent=1))
+            temporary.replace(self.path)
+            print(json.dumps(self.rows[key]), flush=True)
+        return self.rows[key]
 
 
-def _portable(config: dict) -> dict:
-    """The dataset configuration with folders relative to the repository, as a reader's checkout has them."""
-    repo = Path(__file__).resolve().parents[1]
-    text = json.dumps(config).replace(str(SUBSET), os.path.relpath(SUBSET, repo))
-    return json.loads(text)
+def paired(rows: list[dict], config: str, method: str) -> tuple[float, float, float] | None:
+    """Mean of method minus reference over the seeds both finished, and its 95 % t-interval."""
+    by_seed = {r["seed"]: r["final_accuracy"] for r in rows if r["config"] == config and r["method"] == REFERENCE}
+    differences = [r["final_accuracy"] - by_seed[r["seed"]] for r in rows
+                   if r["config"] == config and r["method"] == method and r["seed"] in by_seed]
+    if len(differences) < 2:
+        return None
+    mean = statistics.mean(differences)
+    half = stats.t.ppf(0.975, len(differences) - 1) * statistics.stdev(differences) / len(differences) ** 0.5
+    return mean, mean - half, mean + half
 
 
-def _mean_std(values: list[float]) -> str:
+def _mean_std(values: list[float | None], digits: int = 4) -> str:
     values = [v for v in values if v is not None]
     if not values:
         return "-"
     std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.4f} ± {std:.4f}"
+    return f"{statistics.mean(values):.{digits}f} ± {std:.{digits}f}"
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| dataset | method | final accuracy | pruned accuracy (before finetune) | MACs kept | search s "
-             "| candidates/s |", "|---|---|---|---|---|---|---|"]
-    for dataset in dict.fromkeys(r["dataset"] for r in rows):
-        for method in [*METHODS, "l1@rl", "random@rl"]:
-            chosen = [r for r in rows if r["dataset"] == dataset and r["method"] == method]
+    lines = ["| config | method | seeds | final accuracy | minus l1 (95 % CI) | proxy log-lik (held-out) "
+             "| proxy top-1 (held-out) | MACs kept | evaluations | search s | search share of job |",
+             "|---|" + "---|" * 10]
+    for config in dict.fromkeys(r["config"] for r in rows):
+        for method in METHODS:
+            chosen = [r for r in rows if r["config"] == config and r["method"] == method]
             if not chosen:
                 continue
-            search = [r["search_s"] for r in chosen if "search_s" in r]
-            speed = [r["candidates_per_s"] for r in chosen if r.get("candidates_per_s")]
-            cells = [dataset, method, _mean_std([r["final_accuracy"] for r in chosen]),
-                     _mean_std([r["pruned_accuracy"] for r in chosen]),
+            difference = paired(rows, config, method) if method != REFERENCE else None
+            label = f"{method} (default)" if method == DEFAULT_AGENT else method
+            cells = [config, label, str(len(chosen)), _mean_std([r["final_accuracy"] for r in chosen]),
+                     f"{difference[0]:+.4f} [{difference[1]:+.4f}, {difference[2]:+.4f}]" if difference else "-",
+                     _mean_std([r["proxy_log_likelihood"] for r in chosen], 3),
+                     _mean_std([r["proxy_accuracy"] for r in chosen]),
                      f"{statistics.mean(r['macs_kept'] for r in chosen):.3f}",
-                     f"{statistics.mean(search):.1f}" if search else "-",
-                     f"{statistics.mean(speed):.1f}" if speed else "-"]
+                     f"{statistics.mean(r['evaluations'] for r in chosen):.0f}",
+                     f"{statistics.mean(r['search_s'] for r in chosen):.1f}",
+                     f"{statistics.mean(r['search_s'] / r['job_s'] for r in chosen):.1%}"]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+def _portable(value: object) -> object:
+    """Configuration with folders relative to the repository, as a reader's checkout has them."""
+    repo = Path(__file__).resolve().parents[1]
+    return json.loads(json.dumps(value).replace(str(SUBSET), os.path.relpath(SUBSET, repo)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    parser.add_argument("--steps", type=int, default=SEARCH["steps"])
+    parser.add_argument("--samples", type=int, default=SEARCH["samples_per_step"])
+    parser.add_argument("--pretrain-epochs", type=int, default=PRETRAIN["epochs"])
+    parser.add_argument("--finetune-epochs", type=int, default=FINETUNE["epochs"])
+    parser.add_argument("--name", default="quality", help="results file stem; use another for trial runs")
     parser.add_argument("--workdir", type=Path, default=Path("runs/bench-quality"))
     args = parser.parse_args()
+    search = {**SEARCH, "steps": args.steps, "samples_per_step": args.samples}
+    settings = {"search": search, "pretrain_epochs": args.pretrain_epochs, "finetune_epochs": args.finetune_epochs}
+    tag = json.dumps(settings, sort_keys=True)  # cells of other settings are not mixed in
+    cells = Cells(RESULTS / f"{args.name}_cells.json")
     began = time.perf_counter()
-    rows, throughput = [], []
-    for dataset in args.datasets:
-        rows += run_dataset(dataset, args.seeds, args.workdir)
-        weights = args.workdir / f"{dataset}-{args.seeds[0]}-l1" / "pretrained.safetensors"
-        throughput += [batched_vs_sequential(dataset, weights, recalibrate) for recalibrate in (False, True)]
+    for config in args.configs:
+        model, _ = CONFIGS[config]
+        for seed in args.seeds:
+            pretrained = args.workdir / f"{model}-{seed}-pretrain-{args.pretrain_epochs}"
+            run_pipeline(pretrain_job(model, seed, args.pretrain_epochs), pretrained)
+            for method in args.methods:
+                key = f"{config}|{seed}|{method}|{tag}"
+                workdir = args.workdir / f"{config}-{seed}-{method}-{hashlib.sha256(tag.encode()).hexdigest()[:8]}"
+                job = method_job(config, seed, method, pretrained / "pretrained.safetensors", search,
+                                 args.finetune_epochs)
+                cells.run(key, functools.partial(_run, config, seed, method, job, workdir))
+    rows = [row for key, row in cells.rows.items() if key.endswith(tag)]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    data = {"environment": environment(device), "search": SEARCH, "datasets": _portable(DATASETS), "rows": rows,
-            "batched_vs_sequential": throughput, "wall_s": round(time.perf_counter() - began, 1)}
-    speed = "\n".join(f"| {t['dataset']} | {'yes' if t['bn_recalibration'] else 'no'} | "
-                      f"{t['batched_candidates_per_s']} | {t['sequential_candidates_per_s']} | {t['speedup']}x |"
-                      for t in throughput)
-    markdown = (f"# Pruning quality: RL agents vs criteria at keep 50 % of MACs\n\n"
-                f"`uv run python -m bench.quality` — VGG-11 (BN) at width 0.25, seeds {args.seeds}, "
-                f"search {SEARCH['steps']} steps x {SEARCH['samples_per_step']} candidates x "
-                f"{SEARCH['eval_samples']} validation images; mean ± std over seeds. Accuracies are test-set "
-                f"fractions. `@rl` rows: l1/random choice at the per-layer counts reinforce found.\n\n"
-                f"{table(rows)}\n\n## Batched candidate scoring vs one forward pass per candidate\n\n"
-                f"| dataset | BN re-calibration | batched candidates/s | sequential candidates/s | speedup |\n"
-                f"|---|---|---|---|---|\n"
-                f"{speed}\n\nEnvironment: {data['environment']}; wall time {data['wall_s']} s.\n")
+    data = {"environment": environment(device), "settings": settings, "dataset": _portable(DATASET),
+            "models": MODELS, "default_agent": DEFAULT_AGENT, "rows": rows,
+            "wall_s": round(time.perf_counter() - began, 1)}
+    markdown = (f"# Pruning quality: searches against uniform ratios at equal MACs\n\n"
+                f"`uv run python -m bench.quality` on the CIFAR-10 sample; pretrain {args.pretrain_epochs} "
+                f"epochs, finetune {args.finetune_epochs}; searches {search['steps']} steps x "
+                f"{search['samples_per_step']} candidates (+1: the policy's mode). Accuracies are test-set "
+                f"fractions, mean ± std over seeds; `minus l1` is the paired difference against uniform l1 with a "
+                f"95 % t-interval over seeds; the proxy is the returned network's mean log-likelihood (and "
+                f"top-1) on held-out validation images before finetuning.\n\n{table(rows)}\n\n"
+                f"Environment: {data['environment']}; wall time of this invocation {data['wall_s']} s.\n")
     suffix = "" if device.type == "cpu" else f"_{device.type}"
-    write_results(f"quality{suffix}", data, markdown)
+    write_results(f"{args.name}{suffix}", data, markdown)
     print(markdown)
     print(f"written to {RESULTS}")
 

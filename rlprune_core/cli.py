@@ -8,7 +8,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -32,7 +32,7 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
-def _summary(report: dict) -> Table:
+def _summary(report: dict) -> Group:
     table = Table(title=f"{report['name']}: {report['spec']['model']['arch']} on {report['dataset']['name']}")
     table.add_column("")
     for column in ("before", "pruned", "finetuned", "ratio"):
@@ -51,6 +51,22 @@ def _summary(report: dict) -> Table:
     for name, result in report.get("baselines", {}).items():
         table.add_row(f"{name} baseline accuracy", "", f"{result['pruned_accuracy']:.2%}",
                       f"{result['final_accuracy']:.2%}", "")
+    return Group(table, _search_summary(report["search"]))
+
+
+def _search_summary(search: dict) -> Table:
+    """How the kept channels were found: evaluations, the proxy of the result, and what the search cost."""
+    table = Table(title="search")
+    for column in ("method", "evaluations", "proxy log-likelihood", "proxy accuracy", "seconds", "share of job"):
+        table.add_column(column, justify="right")
+    proxy = search.get("proxy", {}).get("held_out", {})
+    seconds = search.get("seconds")
+    table.add_row(
+        search["method"], str(search.get("evaluations", "")),
+        f"{proxy['log_likelihood']:.4f}" if proxy else "", f"{proxy['accuracy']:.2%}" if proxy else "",
+        f"{seconds:.1f}" if seconds is not None else "",
+        f"{search['share_of_job']:.1%}" if "share_of_job" in search else "")
+    table.caption = "proxy: the returned network on held-out validation images, before finetuning"
     return table
 
 

@@ -1,8 +1,20 @@
-"""The environment a prune agent acts in: score candidate keep-masks by accuracy and cost.
+"""The environment a prune agent acts in: project candidates onto the budget and score them by a proxy.
 
 Many candidates share one forward pass: K candidates x N validation images form one batch of K*N, and
 block k is masked (after each BatchNorm) by candidate k's mask. Cost needs no forward pass at all: it
 is an analytic function of the kept counts.
+
+Every candidate is scored at the budget (the agents project their samples with :meth:`project` first, and
+:meth:`score` refuses anything over it), so candidates differ only in where they spend it and the reward
+is the accuracy proxy alone. An earlier version scored unconstrained samples with a budget penalty: the
+samples' MACs spread by about ±4 points, the penalty's spread exceeded the accuracy's, and the reward
+correlated only 0.39 with accuracy at the initial policy (measured on VGG-11 x0.25, CIFAR-10 sample).
+
+The proxy is the mean log-likelihood of the true class on a fixed set of validation images, with
+BatchNorm statistics re-estimated under each candidate's mask from a fixed slice of training images.
+Fixed images make candidates of different steps comparable; the log-likelihood ranks equal-cost
+candidates more stably than top-1 does (Spearman 0.93 against 0.79 between two 256-image draws,
+measured on 24 random equal-cost allocations). Top-1 is kept for the telemetry.
 """
 
 from __future__ import annotations
@@ -19,7 +31,7 @@ from .cost import CostModel
 from .data import Split
 from .device import prepare_input
 from .masking import CandidateBatchNorm, masked
-from .spec import RewardSpec
+from .selection import Budget, project_counts
 from .structure import PrunableGroup
 
 # Images per forward pass when scoring candidates. A GPU needs large batches to be busy, so stacking
@@ -30,10 +42,26 @@ IMAGES_PER_PASS = {"cuda": 8192, "cpu": 512}
 
 
 @dataclass(frozen=True)
+class ProxyScores:
+    log_likelihood: np.ndarray  # (K,) mean log-probability of the true class
+    accuracy: np.ndarray  # (K,) top-1
+
+
+@dataclass(frozen=True)
 class StepScores:
-    rewards: np.ndarray  # (K,)
-    accuracy: np.ndarray  # (K,) on this step's validation images
+    rewards: np.ndarray  # (K,) the proxy's log-likelihood on the search images
+    accuracy: np.ndarray  # (K,) top-1 on the same images
     cost_fraction: np.ndarray  # (K,) cost relative to the unpruned model
+
+
+@dataclass(frozen=True)
+class ProxyData:
+    """Images a search scores on (``search``) and, disjoint from them, those its result is re-scored on."""
+
+    search: Split
+    held_out: Split
+    calibration: Split | None  # training images for BatchNorm re-estimation; None: the pretrained statistics
+    held_out_calibration: Split | None
 
 
 def normalise_rewards(rewards: Tensor) -> Tensor:
@@ -43,67 +71,77 @@ def normalise_rewards(rewards: Tensor) -> Tensor:
     return centred / std if float(std) > 1e-8 else torch.zeros_like(rewards)
 
 
+def masks_of(kept: Sequence[Sequence[Sequence[int]]], groups: Sequence[PrunableGroup]) -> list[Tensor]:
+    """(K, C_g) 0/1 masks of K candidates, each given as per-group kept indices."""
+    masks = [torch.zeros(len(kept), g.size) for g in groups]
+    for k, candidate in enumerate(kept):
+        for mask, indices in zip(masks, candidate, strict=True):
+            mask[k, list(indices)] = 1.0
+    return masks
+
+
+def kept_of(masks: Sequence[Tensor], k: int) -> list[list[int]]:
+    """Candidate ``k``'s per-group kept indices."""
+    return [torch.nonzero(m[k]).flatten().tolist() for m in masks]
+
+
 class PruningEnvironment:
-    def __init__(self, model: nn.Module, groups: Sequence[PrunableGroup], cost: CostModel, val: Split, *,
-                 metric: str, keep: float, reward: RewardSpec, eval_samples: int, device: torch.device,
-                 seed: int, calibration: Split | None = None):
+    def __init__(self, model: nn.Module, groups: Sequence[PrunableGroup], cost: CostModel, budget: Budget,
+                 data: ProxyData, device: torch.device):
         self.model = model
         self.groups = list(groups)
         self.cost = cost
-        self.val = val
-        self.metric = metric
-        self.keep = keep
-        self.weights = reward
-        self.eval_samples = min(eval_samples, len(val))
+        self.budget = budget
+        self.data = data
         self.device = device
-        self.generator = torch.Generator().manual_seed(seed)
-        self.calibration = calibration
-        self.forward_images = 0  # images pushed through the network, for throughput figures
 
-    # -- what a candidate costs and earns -----------------------------------------------------------
+    # -- what a candidate costs ---------------------------------------------------------------------
     def cost_fraction(self, counts: np.ndarray) -> np.ndarray:
-        return self.cost.keep_fraction(counts, self.metric)
+        return self.cost.keep_fraction(counts, self.budget.metric)
 
-    def reward(self, accuracy: np.ndarray, fraction: np.ndarray) -> np.ndarray:
-        """Accuracy, plus a small bonus for compression, minus a steep penalty for exceeding the budget."""
-        over = np.maximum(0.0, fraction - self.keep) / self.keep
-        return (self.weights.accuracy_weight * accuracy + self.weights.compression_weight * (1.0 - fraction)
-                - self.weights.budget_penalty * over)
+    def project(self, desired: Sequence[float], frozen: Sequence[int | None] | None = None) -> list[int]:
+        """Per-group counts at the budget with ``desired``'s allocation shape (see :func:`project_counts`)."""
+        return project_counts(desired, self.cost, self.budget, frozen)
 
-    def sample_images(self) -> tuple[Tensor, Tensor]:
-        """A fresh random subset of the validation split, shared by all candidates of one step."""
-        take = torch.randperm(len(self.val), generator=self.generator)[: self.eval_samples].to(self.val.labels.device)
-        return self.val.images[take], self.val.labels[take]
-
+    # -- what it earns ------------------------------------------------------------------------------
     @torch.no_grad()
-    def accuracy(self, masks: Sequence[Tensor], images: Tensor, labels: Tensor) -> np.ndarray:
-        """Accuracy of each of K candidates (``masks[g]`` is (K, C_g)), in as few forward passes as fit."""
+    def measure(self, masks: Sequence[Tensor], split: Split, calibration: Split | None) -> ProxyScores:
+        """Log-likelihood and top-1 of each of K candidates (``masks[g]`` is (K, C_g)), in few passes."""
         k = masks[0].shape[0]
         self.model.eval()
-        largest = max(len(labels), 0 if self.calibration is None else len(self.calibration))
+        largest = max(len(split), 0 if calibration is None else len(calibration))
         per_pass = max(1, IMAGES_PER_PASS.get(self.device.type, 512) // largest)
-        scores = []
+        labels = split.labels.to(self.device)
+        likelihoods, accuracies = [], []
         for start in range(0, k, per_pass):
             chunk = [m[start: start + per_pass].to(self.device) for m in masks]
             n = chunk[0].shape[0]
             with contextlib.ExitStack() as stack:
-                if self.calibration is not None:
+                if calibration is not None:
                     norms = CandidateBatchNorm(self.model, n)
                     with norms.collect(), masked(self.model, self.groups, chunk):
-                        self.model(prepare_input(self.calibration.images.repeat(n, 1, 1, 1), self.device))
+                        self.model(prepare_input(calibration.images.repeat(n, 1, 1, 1), self.device))
                     stack.enter_context(norms.apply())
-                    self.forward_images += n * len(self.calibration)
                 stack.enter_context(masked(self.model, self.groups, chunk))
-                logits = self.model(prepare_input(images.repeat(n, 1, 1, 1), self.device))
-            predictions = logits.argmax(1).view(n, len(labels))
-            scores.append((predictions == labels.view(1, -1)).float().mean(1).cpu())
-            self.forward_images += n * len(labels)
-        return torch.cat(scores).numpy()
+                logits = self.model(prepare_input(split.images.repeat(n, 1, 1, 1), self.device)).float()
+            log_probs = torch.log_softmax(logits, 1).view(n, len(labels), -1)
+            truth = labels.view(1, -1, 1).expand(n, -1, 1)
+            likelihoods.append(log_probs.gather(2, truth).squeeze(2).mean(1).cpu())
+            accuracies.append((log_probs.argmax(2) == labels.view(1, -1)).float().mean(1).cpu())
+        return ProxyScores(torch.cat(likelihoods).numpy(), torch.cat(accuracies).numpy())
 
     def score(self, masks: Sequence[Tensor]) -> StepScores:
-        """Accuracy on a fresh validation subset, cost, and reward of each candidate."""
-        images, labels = self.sample_images()
-        accuracy = self.accuracy(masks, images, labels)
+        """The proxy of each candidate on the search images; every candidate must be within the budget."""
         counts = torch.stack([m.sum(1) for m in masks], dim=1).cpu().numpy()
         fraction = self.cost_fraction(counts)
-        return StepScores(self.reward(accuracy, fraction), accuracy, fraction)
+        if (fraction > self.budget.keep + 1e-9).any():
+            raise ValueError(f"a candidate keeps {fraction.max():.4f} of the {self.budget.metric}, over the budget "
+                             f"of {self.budget.keep}: project it first")
+        proxy = self.measure(masks, self.data.search, self.data.calibration)
+        return StepScores(proxy.log_likelihood, proxy.accuracy, fraction)
+
+    def held_out(self, kept: Sequence[Sequence[int]]) -> dict[str, float]:
+        """One candidate's proxy on images (and calibration images) no search selected on."""
+        proxy = self.measure(masks_of([kept], self.groups), self.data.held_out, self.data.held_out_calibration)
+        return {"log_likelihood": round(float(proxy.log_likelihood[0]), 6),
+                "accuracy": round(float(proxy.accuracy[0]), 6)}

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
@@ -35,6 +36,7 @@ from torch import nn
 
 from . import __version__
 from .agents import SearchContext, get_agent
+from .agents.base import CALIBRATION_IMAGES
 from .cost import CostModel
 from .data import Dataset, load_dataset
 from .device import prepare, resolve_device
@@ -52,7 +54,7 @@ from .files import TEMP_SUFFIX, write_atomically
 from .locations import Locations
 from .metrics import model_stats
 from .models import ModelConfig, build_model
-from .selection import select_l1, select_random
+from .selection import Budget, baseline_kept
 from .spec import JobSpec, TrainSpec
 from .structure import find_groups
 from .surgery import prune_model
@@ -62,12 +64,19 @@ from .verify import verify_artifacts
 EXPORT_UNITS = 1.0  # the export stage's work, in epochs of training (for the progress estimate)
 
 
-def prune_units(spec: JobSpec, train_size: int) -> float:
-    """The prune stage's work in epochs of training: a forward pass costs about a third of a training step."""
-    if spec.prune.agent in ("l1", "random"):
+def prune_units(spec: JobSpec, train_size: int, val_size: int) -> float:
+    """The prune stage's work in epochs of training: a forward pass costs about a third of a training step.
+
+    Each candidate is scored on the search half of the validation split (capped by ``eval_samples``), after
+    a BatchNorm re-calibration pass over CALIBRATION_IMAGES training images when that is on.
+    """
+    prune = spec.prune
+    if prune.agent in ("l1", "random"):
         return 0.5
-    images = spec.prune.steps * spec.prune.samples_per_step * spec.prune.eval_samples
-    return images / (3.0 * train_size) + spec.prune.layer_finetune_steps * (spec.prune.agent == "policy-network")
+    search = min(max(1, val_size // 2), prune.eval_samples or val_size)
+    per_candidate = search + CALIBRATION_IMAGES * prune.bn_recalibration
+    images = (prune.steps * prune.samples_per_step + 1) * per_candidate
+    return images / (3.0 * train_size) + prune.layer_finetune_steps * (prune.agent == "policy-network")
 
 
 def run_pipeline(spec: JobSpec, workdir: str | Path, on_event: EventSink | None = None,
@@ -147,7 +156,7 @@ class _Run:
         # Moved as a whole, so no reference to the host copy outlives the move.
         self.data: Dataset = load_dataset(self.spec.dataset, self.spec.seed, self.locations).to(self.device)
         contract = self.data.contract
-        self.plan["prune"] = prune_units(self.spec, len(self.data.train))
+        self.plan["prune"] = prune_units(self.spec, len(self.data.train), len(self.data.val))
         if self.state["done"]:
             self.emit("resumed", STAGES[len(self.state["done"])],
                       f"resuming after {', '.join(self.state['done'])}", 0.0, done=list(self.state["done"]))
@@ -157,6 +166,7 @@ class _Run:
 
         pretrained = self.pretrain()
         self.groups = find_groups(pretrained, self.example)
+        self.cost = CostModel.from_model(pretrained, self.groups, self.example)
         kept = self.prune(pretrained)
         final = self.finetune(pretrained, kept)
         return self.export(final, kept)
@@ -205,7 +215,7 @@ class _Run:
         state_dir = self.checkpoints / "search"
         state_dir.mkdir(exist_ok=True)
         context = SearchContext(
-            model=pretrained, groups=self.groups, cost=CostModel.from_model(pretrained, self.groups, self.example),
+            model=pretrained, groups=self.groups, cost=self.cost,
             val=self.data.val, train=self.data.train, flip=self.data.flip, spec=self.spec.prune, device=self.device,
             seed=self.spec.seed, state_dir=state_dir,
             report=lambda fraction, message, data: self.emit("prune_step", "prune", message, fraction, **data),
@@ -250,14 +260,16 @@ class _Run:
         return model
 
     def _baseline(self, pretrained: nn.Module, kept: list[list[int]], name: str, part: int, parts: int) -> dict:
-        """Same pretrained model, same per-group channel counts, channels chosen by ``name`` instead."""
-        counts = [len(k) for k in kept]
-        chosen = (select_l1(pretrained, self.groups, counts) if name == "l1"
-                  else select_random(self.groups, counts, self.spec.seed))
+        """Same pretrained model and budget, finetuned the same way; ``<criterion>`` keeps equal ratios per
+        layer, ``<criterion>@agent`` the agent's per-layer counts."""
+        chosen = baseline_kept(name, pretrained, self.groups, kept, self.cost, Budget.of(self.spec.prune),
+                               self.spec.seed)
         pruned = prune_model(pretrained, self.groups, chosen, self.example)
         pruned_accuracy = evaluate(pruned, self.data.test, self.device)
         model = self._finetune(pretrained, chosen, name, part, parts)
-        return {"pruned_accuracy": pruned_accuracy, "final_accuracy": evaluate(model, self.data.test, self.device)}
+        achieved = self.cost.keep_fraction(np.array([len(k) for k in chosen]), self.spec.prune.budget.metric)
+        return {"pruned_accuracy": pruned_accuracy, "final_accuracy": evaluate(model, self.data.test, self.device),
+                "achieved": round(float(achieved), 6)}
 
     def export(self, model: nn.Module, kept: list[list[int]]) -> dict[str, Any]:
         began = time.perf_counter()
@@ -279,6 +291,9 @@ class _Run:
         report = self._report(kept, verification, [artifact_record(self.dir / n) for n in names])
         seconds = self.stage_seconds("export", began)
         report["timings_s"] = {**self.state["timings_s"], "export": seconds}
+        if "seconds" in report["search"]:
+            share = report["search"]["seconds"] / sum(report["timings_s"].values())
+            report["search"] = {**report["search"], "share_of_job": round(share, 4)}
         _write_json(self.dir / "report.json", report)
         self.finish_stage("export", began, seconds=seconds)
         self.remove_intermediates()
@@ -302,7 +317,8 @@ class _Run:
         baselines = dict(self.state["baselines"])
         if self.spec.prune.agent in self.spec.baselines:
             baselines[self.spec.prune.agent] = {"pruned_accuracy": done["prune"]["pruned"]["accuracy"],
-                                                "final_accuracy": final["accuracy"], "same_as_agent": True}
+                                                "final_accuracy": final["accuracy"], "same_as_agent": True,
+                                                "achieved": round(final[metric] / baseline[metric], 6)}
         return {
             "name": self.spec.name,
             "spec": self.state["spec"],

@@ -24,8 +24,11 @@ from .errors import SpecError
 
 Arch = Literal["vgg11", "vgg13", "vgg16", "vgg19", "resnet20", "resnet56"]
 DatasetName = Literal["cifar10", "cifar100", "digits", "synthetic", "imagefolder"]
-AgentName = Literal["reinforce", "policy-network", "l1", "random"]
-BaselineName = Literal["l1", "random"]
+AgentName = Literal["reinforce", "allocation", "random-search", "policy-network", "l1", "random"]
+CriterionName = Literal["l1", "bn-scale", "random"]
+# A criterion alone: that criterion at equal per-layer ratios (what a user would do without a search).
+# ``<criterion>@agent``: that criterion at the agent's own per-layer counts, which isolates the channel choice.
+BaselineName = Literal["l1", "bn-scale", "random", "l1@agent", "bn-scale@agent", "random@agent"]
 ExportFormat = Literal["safetensors", "pt2", "onnx"]
 
 Fraction = Annotated[float, Field(gt=0.0, le=1.0)]
@@ -98,8 +101,12 @@ class BudgetSpec(_Strict):
 
 
 class RewardSpec(_Strict):
-    """reward = accuracy_weight * accuracy + compression_weight * (1 - cost fraction)
-    - budget_penalty * max(0, cost fraction - keep) / keep"""
+    """Accepted so that specs written for earlier versions still validate; ignored.
+
+    Every candidate is now projected onto the budget before it is scored, so all candidates cost the same
+    and the reward is the accuracy proxy alone: a compression bonus or an over-budget penalty has nothing
+    left to weigh.
+    """
 
     accuracy_weight: NonNegative = 1.0
     compression_weight: NonNegative = 0.1
@@ -111,10 +118,15 @@ class PruneSpec(_Strict):
     budget: BudgetSpec = BudgetSpec()
     steps: Annotated[int, Field(ge=1, le=100_000)] = 100
     samples_per_step: Annotated[int, Field(ge=2, le=1024)] = 16
-    eval_samples: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
+    criterion: CriterionName = Field(
+        default="l1", description="how channels are chosen inside a layer once its count is set; the agents "
+        "l1 and random name their criterion themselves")
+    eval_samples: Annotated[int, Field(ge=1, le=1_000_000)] | None = Field(
+        default=None, description="cap on the fixed validation images every candidate is scored on; none: "
+        "the whole search half of the validation split")
     min_channels: Annotated[int, Field(ge=1, le=4096)] = 1
     round_to: Annotated[int, Field(ge=1, le=256)] | None = None
-    reward: RewardSpec = RewardSpec()
+    reward: RewardSpec = Field(default=RewardSpec(), description="ignored; accepted for older specs")
     lr: Annotated[float, Field(gt=0.0, le=10.0)] = 0.1
     bn_recalibration: bool = True
     layer_finetune_steps: Annotated[int, Field(ge=0, le=100_000)] = 20

@@ -7,7 +7,7 @@ of the epoch it was in.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,3 +118,23 @@ def train(model: nn.Module, train_split: Split, val_split: Split, spec: TrainSpe
             val_accuracy=evaluate(model, val_split, device), lr=scheduler.get_last_lr()[0], seconds=seconds,
             images_per_s=seen / seconds,
         ))
+
+
+def sgd_steps(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], steps: int, lr: float,
+              device: torch.device, before_step: Callable[[], None] = lambda: None) -> None:
+    """Exactly ``steps`` SGD steps (Nesterov momentum, cross-entropy), cycling ``loader``: the short
+    recovery finetunes of the search and of its proxy measurement, which count steps, not epochs."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True)
+    criterion = nn.CrossEntropyLoss()
+    model.train()
+    done = 0
+    while done < steps:
+        for images, labels in loader:
+            before_step()
+            loss = criterion(model(prepare_input(images, device)), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            done += 1
+            if done == steps:
+                break

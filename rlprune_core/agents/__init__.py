@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from .allocation import AllocationAgent, RandomSearchAgent
 from .base import Agent, SearchContext, SearchResult
-from .criteria import L1Agent, RandomAgent
+from .criteria import UniformAgent
 from .policy_network import PolicyNetworkAgent
 from .reinforce import ReinforceAgent
 
-AGENTS: dict[str, type] = {
-    "reinforce": ReinforceAgent, "policy-network": PolicyNetworkAgent, "l1": L1Agent, "random": RandomAgent,
+AGENTS: dict[str, Callable[[], Agent]] = {
+    "reinforce": ReinforceAgent, "allocation": AllocationAgent, "random-search": RandomSearchAgent,
+    "policy-network": PolicyNetworkAgent, "l1": lambda: UniformAgent("l1"), "random": lambda: UniformAgent("random"),
 }
 
 

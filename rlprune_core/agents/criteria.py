@@ -1,30 +1,30 @@
-"""Criterion agents: equal keep-ratio across groups at the budget, channels chosen by a fixed rule."""
+"""Uniform agents: the same keep ratio in every group at the budget, channels chosen by one criterion.
+
+This is what a user does without a search (Li et al. 2017), so it is the comparison every search result
+is reported against. It scores its one network with the search proxy too, so its proxy value sits in the
+report next to a search's; nothing is selected on it.
+"""
 
 from __future__ import annotations
 
-from ..selection import select_l1, select_random, uniform_counts
-from .base import SearchContext, SearchResult
+from ..environment import masks_of
+from ..selection import select, uniform_counts
+from .base import Best, SearchContext, SearchResult, environment_for, keep_ratios, proxy_summary
 
 
-def _counts(context: SearchContext) -> list[int]:
-    spec = context.spec
-    return uniform_counts(context.cost, keep=spec.budget.keep, metric=spec.budget.metric,
-                          min_channels=spec.min_channels, round_to=spec.round_to)
-
-
-class L1Agent:
-    """Keep the filters with the largest L1 norm (Li et al. 2017)."""
+class UniformAgent:
+    def __init__(self, criterion: str):
+        self.criterion = criterion
 
     def search(self, context: SearchContext) -> SearchResult:
-        kept = select_l1(context.model, context.groups, _counts(context))
-        context.report(1.0, "kept the largest-L1 filters of each layer", {})
-        return SearchResult(kept, {"method": "l1"})
-
-
-class RandomAgent:
-    """Keep a uniformly random subset of each layer's channels: the floor any criterion must beat."""
-
-    def search(self, context: SearchContext) -> SearchResult:
-        kept = select_random(context.groups, _counts(context), context.seed)
-        context.report(1.0, "kept a random subset of each layer", {})
-        return SearchResult(kept, {"method": "random"})
+        environment = environment_for(context)
+        counts = uniform_counts(context.cost, environment.budget)
+        kept = select(context.model, context.groups, counts, self.criterion, context.seed)
+        scores = environment.score(masks_of([kept], context.groups))
+        context.report(1.0, f"kept the same share of every layer, channels by {self.criterion}", {})
+        best = Best(float(scores.rewards[0]), float(scores.accuracy[0]), kept)
+        return SearchResult(kept, {
+            "method": self.criterion, "criterion": self.criterion, "evaluations": 0,
+            "proxy": proxy_summary(best, environment),
+            "layer_keep_ratio": keep_ratios(context.groups, kept),
+        })

@@ -2,11 +2,24 @@
 
 The features of a filter: its weight L1 norm, its BatchNorm scale, its mean activation on validation
 images (each standardised within its layer), the layer's depth in the network and the share of the
-layer the budget lets it keep. One network serves every layer, so what it learns on early layers
-carries over to later ones. Layers are pruned in forward order: sample keep/prune actions for the
-current layer's filters, reward = compression gained minus accuracy lost against the unpruned model,
-REINFORCE with batch-normalised rewards; then fix the layer's mask (its share of the budget, exactly),
-finetune the masked network briefly so later layers are judged on a recovered model, and move on.
+layer the remaining budget would give it at equal ratios. One network serves every layer, so what it
+learns on early layers carries over to later ones.
+
+Layers are decided in forward order, as AMC does. For the current layer, K keep/prune samples are drawn;
+each becomes a whole network at the budget: decided layers stay as decided, the current layer keeps its
+sampled channels and the layers still to come keep equal shares by ``prune.criterion``, and the current
+layer and those to come are scaled together onto what the budget leaves. So a sample that keeps more
+here leaves less for later layers, and the network learns an allocation, not only a channel choice
+(an earlier version fixed every layer at the equal share and could only reorder channels). Reward: the
+proxy's log-likelihood; REINFORCE credits the projected sample, with batch-normalised rewards. Then the
+layer is fixed (its most probable channels, as many as its expected count projected), the masked
+network is finetuned for ``layer_finetune_steps`` so later layers are judged on a recovered model, and
+the next layer follows.
+
+The returned network is the best one scored on the current weights: a finetune makes earlier scores
+incomparable, so the best is forgotten after each, and the decided network is scored as the last
+candidate. Search state is checkpointed at each layer boundary, so a resumed search repeats at most one
+layer's steps.
 """
 
 from __future__ import annotations
@@ -19,12 +32,21 @@ import torch
 from torch import Tensor, nn
 
 from ..device import prepare_input
-from ..environment import PruningEnvironment, StepScores, normalise_rewards
+from ..environment import PruningEnvironment, masks_of
 from ..loader import BatchLoader
 from ..masking import masked
-from ..selection import top_k, uniform_counts
-from ..training import save_atomic
-from .base import SearchContext, SearchHistory, SearchResult, calibration_images
+from ..selection import channel_scores, ranking, top_k, uniform_counts
+from ..training import save_atomic, sgd_steps
+from .base import (
+    Best,
+    SearchContext,
+    SearchHistory,
+    SearchResult,
+    environment_for,
+    proxy_summary,
+    reinforce_step,
+)
+from .reinforce import project_masks
 
 FEATURES = 5
 HIDDEN = 32
@@ -76,114 +98,111 @@ def filter_features(model: nn.Module, context: SearchContext, masks: list[Tensor
     ], dim=1).float()
 
 
+class _Layers:
+    """Builds whole-network candidates around the layer being decided (see the module docstring)."""
+
+    def __init__(self, environment: PruningEnvironment, orders: list[Tensor], shares: list[int]):
+        self.environment = environment
+        self.orders = orders
+        self.shares = shares  # the equal-ratio allocation: the shape the layers still to come keep
+        self.decided: list[list[int] | None] = [None] * len(orders)
+
+    def counts(self, index: int, wanted: float) -> list[int]:
+        """Every group's count when layer ``index`` wants ``wanted`` channels and later layers equal shares."""
+        frozen = [None if k is None else len(k) for k in self.decided]
+        desired = [float(wanted) if g == index else float(s) for g, s in enumerate(self.shares)]
+        return self.environment.project(desired, frozen)
+
+    def candidates(self, index: int, actions: Tensor, probabilities: Tensor) -> list[Tensor]:
+        kept = []
+        for action in actions:
+            counts = self.counts(index, float(action.sum()))
+            current = torch.nonzero(project_masks(action, probabilities, counts[index])).flatten().tolist()
+            kept.append([current if g == index else self.decided[g] if self.decided[g] is not None
+                         else self.orders[g][:counts[g]].tolist() for g in range(len(self.orders))])
+        return masks_of(kept, self.environment.groups)
+
+    def current_masks(self, device: torch.device) -> list[Tensor]:
+        """Decided layers masked, the others whole."""
+        return [m.to(device) for m in masks_of([[list(range(len(o))) if k is None else k
+                                                 for k, o in zip(self.decided, self.orders, strict=True)]],
+                                               self.environment.groups)]
+
+
 class PolicyNetworkAgent:
     def search(self, context: SearchContext) -> SearchResult:
         spec = context.spec
         groups = context.groups
-        targets = uniform_counts(context.cost, keep=spec.budget.keep, metric=spec.budget.metric,
-                                 min_channels=spec.min_channels, round_to=spec.round_to)
-        steps_per_layer = max(1, spec.steps // len(groups))
         work = copy.deepcopy(context.model)  # finetuned between layers; the caller's model stays untouched
-        environment = PruningEnvironment(
-            work, groups, context.cost, context.val, metric=spec.budget.metric, keep=spec.budget.keep,
-            reward=spec.reward, eval_samples=spec.eval_samples, device=context.device, seed=context.seed,
-            calibration=calibration_images(context),
-        )
+        environment = environment_for(context, work)
+        layers = _Layers(environment, [ranking(s) for s in channel_scores(context.model, groups, spec.criterion,
+                                                                          context.seed)],
+                         uniform_counts(context.cost, environment.budget))
+        steps_per_layer = max(1, spec.steps // len(groups))
         torch.manual_seed(context.seed)
-        network = PolicyNetwork(float(np.clip(sum(targets) / sum(g.size for g in groups), 0.05, 0.95)))
+        network = PolicyNetwork(float(np.clip(sum(layers.shares) / sum(g.size for g in groups), 0.05, 0.95)))
         optimizer = torch.optim.Adam(network.parameters(), lr=spec.lr * NETWORK_LR_SCALE)
-        masks = [torch.ones(1, g.size, device=context.device) for g in groups]
-        history = SearchHistory()
-        first_layer = 0
+        history, best, first_layer = SearchHistory(), None, 0
         checkpoint = context.state_dir / "policy-network.pt"
         if checkpoint.exists():
             state = torch.load(checkpoint, map_location=context.device, weights_only=True)
             network.load_state_dict(state["network"])
             optimizer.load_state_dict(state["optimizer"])
             work.load_state_dict(state["work"])
-            masks, history, first_layer = state["masks"], SearchHistory(**state["history"]), state["layer"]
+            layers.decided, history, first_layer = state["decided"], SearchHistory(**state["history"]), state["layer"]
+            best = Best(**state["best"]) if state["best"] else None
 
-        base_accuracy = float(environment.accuracy([torch.ones(1, g.size) for g in groups], context.val.images,
-                                                   context.val.labels)[0])
+        images = environment.data.search.images
         began = time.perf_counter()
         for index in range(first_layer, len(groups)):
             generator = torch.Generator().manual_seed(context.seed * 1009 + index)
-            environment.generator.manual_seed(context.seed * 2003 + index)
-            size, target = groups[index].size, targets[index]
-            images, _ = environment.sample_images()
-            features = filter_features(work, context, masks, index, target / size, images)
+            size = groups[index].size
+            share = layers.counts(index, layers.shares[index])[index]
+            features = filter_features(work, context, layers.current_masks(context.device), index, share / size,
+                                       images)
             for step in range(steps_per_layer):
                 context.stop()
                 step_began = time.perf_counter()
                 probabilities = network(features)
                 actions = torch.bernoulli(probabilities.detach().expand(spec.samples_per_step, -1),
                                           generator=generator)
-                scores = self._score(environment, masks, index, actions, target, base_accuracy)
-                advantage = normalise_rewards(torch.as_tensor(scores.rewards, dtype=torch.float32))
-                log_prob = torch.distributions.Bernoulli(probs=probabilities).log_prob(actions).sum(1)
-                loss = -(advantage * log_prob).mean()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                masks = layers.candidates(index, actions, probabilities.detach())
+                scores = environment.score(masks)
+                best = Best.of(best, scores, masks)
+                log_prob = torch.distributions.Bernoulli(probs=probabilities).log_prob(masks[index]).sum(1)
+                reinforce_step(optimizer, log_prob, torch.as_tensor(scores.rewards, dtype=torch.float32))
                 history.record(scores, time.perf_counter() - step_began)
                 done = index * steps_per_layer + step + 1
                 context.report(done / (len(groups) * steps_per_layer),
                                f"layer {index + 1}/{len(groups)} ({groups[index].name}) step {step + 1}/"
-                               f"{steps_per_layer}: mean reward {scores.rewards.mean():.3f}", {
+                               f"{steps_per_layer}: mean log-likelihood {scores.rewards.mean():.3f}", {
                                    "step": done, "steps": len(groups) * steps_per_layer, "layer": groups[index].name,
                                    **history.step_data(),
                                })
             with torch.no_grad():
-                keep = top_k(network(features), target)
-            masks[index] = torch.zeros(1, size, device=context.device).index_fill_(
-                1, torch.tensor(keep, device=context.device), 1.0)
-            self._finetune(work, context, masks, index)
+                probabilities = network(features)
+            layers.decided[index] = top_k(probabilities, layers.counts(index, float(probabilities.sum()))[index])
+            if index + 1 < len(groups) and spec.layer_finetune_steps:
+                self._finetune(work, context, layers.current_masks(context.device), index)
+                best = None  # scores before the finetune are not comparable with those after it
             save_atomic({"network": network.state_dict(), "optimizer": optimizer.state_dict(),
-                         "work": work.state_dict(), "masks": masks, "history": vars(history), "layer": index + 1},
-                        checkpoint)
-        kept = [torch.nonzero(m[0]).flatten().tolist() for m in masks]
-        summary = history.summary("policy-network", spec.samples_per_step, kept, groups, time.perf_counter() - began)
-        summary["steps_per_layer"] = steps_per_layer
-        return SearchResult(kept, summary)
-
-    @staticmethod
-    def _score(environment: PruningEnvironment, masks: list[Tensor], index: int, actions: Tensor, target: int,
-               base_accuracy: float) -> StepScores:
-        """Reward = compression gained - accuracy lost, with the layer's share of the budget as a hard-ish cap."""
-        k = actions.shape[0]
-        candidate = [m.expand(k, -1) for m in masks]
-        candidate[index] = actions.to(masks[index].device)
-        images, labels = environment.sample_images()
-        accuracy = environment.accuracy(candidate, images, labels)
-        counts = np.stack([c.sum(1).cpu().numpy() for c in candidate], axis=1)
-        fraction = environment.cost_fraction(counts)
-        over = np.maximum(0.0, actions.sum(1).numpy() - target) / max(target, 1)
-        weights = environment.weights
-        rewards = (weights.compression_weight * (1.0 - fraction)
-                   - weights.accuracy_weight * (base_accuracy - accuracy) - weights.budget_penalty * over)
-        return StepScores(rewards, accuracy, fraction)
+                         "work": work.state_dict(), "decided": layers.decided, "history": vars(history),
+                         "layer": index + 1, "best": vars(best) if best else None}, checkpoint)
+        final = masks_of([layers.decided], groups)
+        best = Best.of(best, environment.score(final), final)
+        summary = history.summary("policy-network", spec.samples_per_step, best.kept, groups,
+                                  time.perf_counter() - began)
+        summary.update(steps_per_layer=steps_per_layer, criterion=spec.criterion,
+                       evaluations=len(history.mean_reward) * spec.samples_per_step + 1,
+                       proxy=proxy_summary(best, environment_for(context)))
+        return SearchResult(best.kept, summary)
 
     @staticmethod
     def _finetune(model: nn.Module, context: SearchContext, masks: list[Tensor], index: int) -> None:
         """A few SGD steps on the masked network, so the next layer is judged on a recovered model."""
         steps = context.spec.layer_finetune_steps
-        if steps == 0:
-            return
         loader = BatchLoader(context.train, FINETUNE_BATCH, train=True, flip=context.flip,
                              seed=context.seed * 3001 + index)
-        optimizer = torch.optim.SGD(model.parameters(), lr=FINETUNE_LR, momentum=0.9, nesterov=True)
-        criterion = nn.CrossEntropyLoss()
-        model.train()
-        done = 0
         with masked(model, context.groups, masks):
-            while done < steps:
-                for images, labels in loader:
-                    context.stop()
-                    loss = criterion(model(prepare_input(images, context.device)), labels)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    done += 1
-                    if done == steps:
-                        break
+            sgd_steps(model, loader, steps, FINETUNE_LR, context.device, before_step=context.stop)
         model.eval()
