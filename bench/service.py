@@ -166,10 +166,10 @@ def main() -> None:
         for label, r in (("Redis broker", results["dispatch_redis"]),
                          ("embedded: SQLite + SQLAlchemy transport", results["dispatch_embedded"])))
     read_rows = "\n".join(
-        f"| {label} | {r[route]['requests_per_s']:.0f} | {r[route]['p50_ms']} ms | {r[route]['p99_ms']} ms "
+        f"| {label}, `{path}` | {r[route]['requests_per_s']:.0f} | {r[route]['p50_ms']} ms | {r[route]['p99_ms']} ms "
         f"| {r[route]['non_2xx']} | {r[route]['socket_errors']} |"
         for label, r in (("PostgreSQL", results["reads_postgres"]), ("SQLite", results["reads_sqlite"]))
-        for route in ("healthz", "get_job"))
+        for route, path in (("healthz", "/healthz"), ("get_job", "GET /jobs/{id}")))
     pg, lite = results["reads_postgres"], results["reads_sqlite"]
     markdown = f"""# Service latency and throughput
 
