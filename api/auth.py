@@ -40,12 +40,9 @@ class KeyCache:
             return True, hit[0]
         return False, None
 
-    def tenant(self, key: str) -> str | None:
-        """The key's tenant, from the database when the cache has no fresh answer (blocking: run it in a
-        thread)."""
-        found, tenant = self.cached(key)
-        if found:
-            return tenant
+    def lookup(self, key: str) -> str | None:
+        """The key's tenant from the database, remembered for CACHE_SECONDS (blocking: run it in a thread
+        when ``cached`` had no fresh answer)."""
         digest, now = hash_key(key), time.monotonic()
         with self.sessions() as session:
             tenant = tenant_for_key(session, key)
@@ -78,7 +75,7 @@ class AuthMiddleware:
         key = bearer_key(scope)
         found, tenant = self.keys.cached(key) if key else (True, None)
         if not found:
-            tenant = await run_in_threadpool(self.keys.tenant, key)
+            tenant = await run_in_threadpool(self.keys.lookup, key)
         if tenant is None:
             body = problem_body(401, "Unauthorized", scope["path"], "send an API key as 'Authorization: Bearer <key>'")
             await send({"type": "http.response.start", "status": 401, "headers": [

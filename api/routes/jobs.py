@@ -13,8 +13,7 @@ import re
 import shutil
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
@@ -192,18 +191,17 @@ class StreamSlots:
     def __init__(self, per_tenant: int):
         self.per_tenant, self.open, self.lock = per_tenant, Counter[str](), threading.Lock()
 
-    @contextmanager
-    def slot(self, tenant: str) -> Iterator[None]:
+    def acquire(self, tenant: str) -> None:
+        """Take a slot, or refuse with 429 before the stream starts."""
         with self.lock:
             if self.open[tenant] >= self.per_tenant:
                 raise Problem(429, "Too Many Requests", f"at most {self.per_tenant} open event streams per tenant",
                               headers={"Retry-After": "5"})
             self.open[tenant] += 1
-        try:
-            yield
-        finally:
-            with self.lock:
-                self.open[tenant] -= 1
+
+    def release(self, tenant: str) -> None:
+        with self.lock:
+            self.open[tenant] -= 1
 
 
 @router.get("/{job_id}/events", response_model=EventPage, responses={
@@ -216,10 +214,8 @@ def events(job_id: str, request: Request, tenant: TenantDep,
     _job(request, tenant, job_id)
     if "text/event-stream" in accept:
         start = last_event_id if last_event_id is not None else after
-        slots: StreamSlots = request.app.state.streams
-        slot = slots.slot(tenant)
-        slot.__enter__()  # raises 429 now, before the stream starts; released when the stream ends
-        return EventSourceResponse(_stream(request, job_id, start, slot), ping=15)
+        request.app.state.streams.acquire(tenant)  # released when the stream ends
+        return EventSourceResponse(_stream(request, tenant, job_id, start), ping=15)
     with _sessions(request)() as session:
         page = store.events_after(session, job_id, after, limit)
     following = f"/jobs/{job_id}/events?{urlencode({'after': page[-1].id, 'limit': limit})}" \
@@ -227,7 +223,7 @@ def events(job_id: str, request: Request, tenant: TenantDep,
     return EventPage(items=[EventOut.of(e) for e in page], next=following)
 
 
-async def _stream(request: Request, job_id: str, after: int, slot) -> AsyncIterator[dict[str, str]]:
+async def _stream(request: Request, tenant: str, job_id: str, after: int) -> AsyncIterator[dict[str, str]]:
     """Polls with a short-lived session each time, so an open stream holds no database connection."""
     sessions = _sessions(request)
 
@@ -252,7 +248,7 @@ async def _stream(request: Request, job_id: str, after: int, slot) -> AsyncItera
             if not batch:
                 await asyncio.sleep(STREAM_POLL_SECONDS)
     finally:
-        slot.__exit__(None, None, None)
+        request.app.state.streams.release(tenant)
 
 
 @router.get("/{job_id}/artifacts", response_model=list[ArtifactOut])
