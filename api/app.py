@@ -27,6 +27,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     connection, so threads beyond the pool's size would only queue for connections while contending for
     the GIL: the pool size caps the threads too, and the other requests wait their turn on the loop."""
     anyio.to_thread.current_default_thread_limiter().total_tokens = app.state.settings.db_pool_size
+    app.state.reader.start()
     gc.freeze()  # the objects of start-up live as long as the process: keep full collections off them
     yield
     await app.state.reader.close()
@@ -42,11 +43,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = make_engine(settings.resolved_database_url, pool_size=settings.db_pool_size,
                                    pool_timeout=settings.db_pool_timeout_seconds)
     app.state.sessions = session_factory(app.state.engine)
+    app.state.metrics = Metrics(app.state.sessions)
     app.state.reader = Reader(app.state.engine, make_async_engine(
-        settings.resolved_database_url, pool_size=settings.db_pool_size, pool_timeout=settings.db_pool_timeout_seconds))
+        settings.resolved_database_url, pool_size=settings.db_pool_size, pool_timeout=settings.db_pool_timeout_seconds),
+        settings.job_cache_entries, settings.job_cache_seconds, app.state.metrics.job_reads)
     app.state.dispatcher = make_client(settings.resolved_broker_url)
     app.state.dispatcher.conf.broker_connection_timeout = 2  # an unreachable broker is a quick 503
-    app.state.metrics = Metrics(app.state.sessions)
     app.state.streams = jobs.StreamSlots(settings.max_streams_per_tenant)
     problems.install(app)
     app.include_router(health.router)

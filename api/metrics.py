@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -39,6 +39,8 @@ class Metrics:
         self.registry.register(_JobCollector(sessions))
         self.latency = Histogram("rlprune_http_request_seconds", "HTTP request latency",
                                  ["method", "route", "status"], registry=self.registry)
+        self.job_reads = Counter("rlprune_job_reads", "GET /jobs/{id} answered from the job cache or the database",
+                                 ["source"], registry=self.registry)
 
 
 class LatencyMiddleware:

@@ -20,6 +20,11 @@ def headline(report: dict[str, Any] | None) -> dict[str, Any] | None:
     return {k: headline(v) if isinstance(v, dict) else v for k, v in report.items() if not isinstance(v, list)}
 
 
+def etag(job: Job | Row) -> str:
+    """Weak: the body is a view of the job at this version, not a byte-for-byte promise."""
+    return f'W/"{job.id}.{job.version}"'
+
+
 class JobOut(BaseModel):
     id: str
     name: str

@@ -6,7 +6,9 @@
   each fails a moment after it starts and the worker is free again for the next.
 - reads: ``wrk`` (a compiled load generator, so the client is not what saturates) with 32 connections
   against ``/healthz`` and ``GET /jobs/{id}`` of one API process, in the same run, on PostgreSQL and
-  on SQLite. The job read is a succeeded job holding the report of a real run (a 100-step search).
+  on SQLite. The job read is a succeeded job holding the report of a real run (a 100-step search);
+  it is read once unchanged (the job cache answers) and once while another process changes the job
+  ten times a second, as a running job's progress does at most.
 
     uv run python -m bench.service        (needs the local PostgreSQL and Redis, and wrk on the PATH)
 """
@@ -18,7 +20,10 @@ import shutil
 import statistics
 import subprocess
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -37,6 +42,7 @@ from .common import environment, write_results
 
 DISPATCHES = 20
 CONNECTIONS = 32
+CHANGES_PER_SECOND = 10
 LOAD_SECONDS = 10
 FAST_FAILING_JOB = {"name": "dispatch", "dataset": {"name": "cifar10", "root": "not-provided"},
                     "model": {"arch": "vgg11", "width": 0.125}}
@@ -108,6 +114,27 @@ def _wrk(url: str, key: str | None) -> dict:
             "socket_errors": socket_errors[1].strip() if socket_errors else "none"}
 
 
+@contextmanager
+def changing(database_url: str, job_id: str) -> Iterator[None]:
+    """Another process's writes to the job, ten a second, while the block runs."""
+    engine = make_engine(database_url)
+    stop = threading.Event()
+
+    def write() -> None:
+        while not stop.wait(1 / CHANGES_PER_SECOND):
+            with transaction(session_factory(engine)) as session:
+                session.execute(update(Job).where(Job.id == job_id).values(version=Job.version + 1))
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        engine.dispose()
+
+
 def measure_reads(database_url: str, env: dict[str, str], logs: Path, report: dict) -> dict:
     key = _key(database_url, "reads")
     service = Service({**env, "RLPRUNE_READY_NEEDS_WORKER": "false"}, logs)
@@ -122,10 +149,13 @@ def measure_reads(database_url: str, env: dict[str, str], logs: Path, report: di
         body = httpx.get(f"{url}/jobs/{job_id}", headers={"Authorization": f"Bearer {key}"}).content
         health = _wrk(f"{url}/healthz", None)
         job = _wrk(f"{url}/jobs/{job_id}", key)
-        return {"healthz": health, "get_job": job, "get_job_body_bytes": len(body),
+        with changing(database_url, job_id):
+            changing_job = _wrk(f"{url}/jobs/{job_id}", key)
+        return {"healthz": health, "get_job": job, "get_job_changing": changing_job, "get_job_body_bytes": len(body),
                 "report_bytes": len(httpx.get(f"{url}/jobs/{job_id}/report",
                                               headers={"Authorization": f"Bearer {key}"}).content),
-                "ratio": round(job["requests_per_s"] / health["requests_per_s"], 2)}
+                "ratio": round(job["requests_per_s"] / health["requests_per_s"], 2),
+                "ratio_changing": round(changing_job["requests_per_s"] / health["requests_per_s"], 2)}
     finally:
         service.stop()
         engine.dispose()
@@ -169,7 +199,8 @@ def main() -> None:
         f"| {label}, `{path}` | {r[route]['requests_per_s']:.0f} | {r[route]['p50_ms']} ms | {r[route]['p99_ms']} ms "
         f"| {r[route]['non_2xx']} | {r[route]['socket_errors']} |"
         for label, r in (("PostgreSQL", results["reads_postgres"]), ("SQLite", results["reads_sqlite"]))
-        for route, path in (("healthz", "/healthz"), ("get_job", "GET /jobs/{id}")))
+        for route, path in (("healthz", "/healthz"), ("get_job", "GET /jobs/{id}"),
+                            ("get_job_changing", f"GET /jobs/{{id}}, job changing {CHANGES_PER_SECOND} times/s")))
     pg, lite = results["reads_postgres"], results["reads_sqlite"]
     markdown = f"""# Service latency and throughput
 
@@ -188,7 +219,11 @@ def main() -> None:
 |---|---|---|---|---|---|
 {read_rows}
 
-`GET /jobs/{{id}}` ÷ `/healthz` throughput: **{pg['ratio']}** on PostgreSQL, **{lite['ratio']}** on SQLite.
+`GET /jobs/{{id}}` ÷ `/healthz` throughput: **{pg['ratio']}** on PostgreSQL, **{lite['ratio']}** on SQLite
+(while the job changes {CHANGES_PER_SECOND} times a second: {pg['ratio_changing']} and {lite['ratio_changing']}).
+An unchanged job is answered from the API process's job cache (`api/job_cache.py`: invalidated by
+PostgreSQL notifications, or by SQLite's data_version checked on every read); a changed one is read
+from the database once.
 The job read is a succeeded job holding a real report; its body is {pg['get_job_body_bytes']} bytes (the report's
 headline figures), and the whole report ({pg['report_bytes']} bytes) is at `/jobs/{{id}}/report`.
 

@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     # writes, so a pool smaller than the thread pool queues requests instead of deadlocking them.
     db_pool_size: int = Field(10, ge=1, description="database connections per API or worker process")
     db_pool_timeout_seconds: float = Field(5.0, gt=0, description="wait for a connection before answering 503")
+    job_cache_entries: int = Field(4096, ge=0, description="GET /jobs/{id} bodies kept per API process; 0: none")
+    job_cache_seconds: float = Field(5.0, gt=0, description="the longest a cached job body is served before a re-read")
     max_streams_per_tenant: int = Field(8, ge=1, description="open event streams per tenant and API process")
     metrics_token: str | None = Field(None, description="when set, /metrics needs 'Authorization: Bearer <it>'")
 

@@ -8,17 +8,11 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from contextlib import nullcontext
 
 import httpx
 import pytest
 
-from store import jobs as store
-from store.db import make_engine, session_factory, transaction
-
-from .support.databases import fresh_postgres, fresh_redis
-from .support.migrations import migrate
-from .support.processes import Service
+from .support.serving import served_api
 
 SPEC = {"name": "load", "dataset": {"name": "digits"}, "model": {"arch": "vgg11", "width": 0.125}}
 CLIENT_TIMEOUT = 60.0  # a request still unanswered after this is the deadlock this module guards against
@@ -26,20 +20,8 @@ CLIENT_TIMEOUT = 60.0  # a request still unanswered after this is the deadlock t
 
 @pytest.fixture(scope="module", params=["postgresql", "sqlite"])
 def api(request, tmp_path_factory):
-    root = tmp_path_factory.mktemp(f"load-{request.param}")
-    sqlite = nullcontext(f"sqlite:///{root / 'rlprune.db'}")
-    with fresh_postgres() if request.param == "postgresql" else sqlite as url:
-        migrate(url)
-        engine = make_engine(url)
-        with transaction(session_factory(engine)) as session:
-            keys = {t: store.create_api_key(session, "load", t)[1] for t in ("alice", "bob")}
-        engine.dispose()
-        service = Service({"RLPRUNE_DATABASE_URL": url, "RLPRUNE_BROKER_URL": fresh_redis(),
-                           "RLPRUNE_DATA_DIR": str(root / "data"), "RLPRUNE_READY_NEEDS_WORKER": "false"}, root)
-        try:
-            yield service.start_api(), keys
-        finally:
-            service.stop()
+    with served_api(request.param, tmp_path_factory.mktemp(f"load-{request.param}")) as (url, _, keys):
+        yield url, keys
 
 
 def client(url: str, key: str) -> httpx.AsyncClient:

@@ -7,10 +7,7 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import time
 
-import httpx
 import pytest
 import torch
 
@@ -19,40 +16,11 @@ from rlprune_core.data import load_dataset
 from rlprune_core.spec import JobSpec
 from rlprune_core.training import evaluate
 
-from .conftest import REPO, tiny_spec
+from .conftest import tiny_spec
 from .support.jobs import all_events, finished, wait_for
-from .support.processes import free_port
+from .support.serving import start_serve, stop_serve
 
 pytestmark = pytest.mark.slow
-
-
-def start_serve(data_dir) -> tuple[subprocess.Popen, httpx.Client]:
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--data-dir",
-                                str(data_dir)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1", "RLPRUNE_HEARTBEAT_SECONDS": "1",
-                                    "RLPRUNE_LEASE_SECONDS": "5"})
-    key = None
-    for line in process.stdout:
-        if line.startswith("API key: "):
-            key = line.removeprefix("API key: ").strip()
-            break
-    assert key, "serve printed no API key"
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"},
-                          timeout=30)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if client.get("/readyz").status_code == 200:
-                return process, client
-        except httpx.TransportError:
-            time.sleep(0.2)
-    raise AssertionError("serve did not become ready")
-
-
-def stop_serve(process: subprocess.Popen) -> int:
-    process.send_signal(signal.SIGINT)
-    return process.wait(timeout=60)
 
 
 def test_serve_runs_a_job_to_a_downloadable_model(tmp_path):
