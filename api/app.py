@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 import anyio.to_thread
 from fastapi import FastAPI
+from fastapi_standalone_docs import StandaloneDocs
 
 from store.db import make_async_engine, make_engine, session_factory
 from store.queue import make_client
@@ -18,7 +19,7 @@ from .auth import AuthMiddleware, KeyCache, document_security
 from .limits import BodyLimitMiddleware
 from .metrics import LatencyMiddleware, Metrics
 from .reads import Reader
-from .routes import health, jobs
+from .routes import health, jobs, ui, webhooks
 
 
 @asynccontextmanager
@@ -53,7 +54,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(webhooks.router)
+    app.include_router(ui.router)
+    app.mount("/ui/static", ui.static_files(), name="ui-static")
     document_security(app)
+    StandaloneDocs(app)  # /docs and /redoc with their scripts served from here: they work air-gapped
     # Outermost last: latency covers everything, unexpected errors (a database outage during the key
     # check too) become problems, and a key is checked before any body is read.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

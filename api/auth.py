@@ -23,6 +23,13 @@ from .problems import problem_body
 CACHE_SECONDS = 5.0
 CACHE_ENTRIES = 10_000
 PUBLIC = ("/healthz", "/readyz", "/metrics", "/docs", "/redoc", "/openapi.json")
+PUBLIC_ASSETS = ("/docs/", "/redoc/")  # the API docs' own scripts and styles, served from the app
+# The dashboard's files hold no data: the page asks the API for everything with the user's key.
+PUBLIC_UI = ("/", "/ui")
+
+
+def is_public(path: str) -> bool:
+    return path in PUBLIC or path in PUBLIC_UI or path.startswith(("/ui/", *PUBLIC_ASSETS))
 
 
 class KeyCache:
@@ -69,7 +76,7 @@ class AuthMiddleware:
         self.app, self.keys = app, keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in PUBLIC or scope["method"] == "OPTIONS":
+        if scope["type"] != "http" or is_public(scope["path"]) or scope["method"] == "OPTIONS":
             await self.app(scope, receive, send)
             return
         key = bearer_key(scope)

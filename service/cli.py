@@ -1,4 +1,5 @@
-"""``rlprune``: ``run`` a job locally, ``serve`` the API with a worker, ``keys create|list|revoke``."""
+"""``rlprune``: ``run`` a job locally, ``serve`` the API with a worker, ``keys create|list|revoke``, and
+``jobs ...`` against a running API."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import re
 import sys
 from pathlib import Path
 
+from rlprune_client.cli import add_jobs_command
 from rlprune_core import cli as core_cli
 
 
@@ -81,6 +83,7 @@ def parser() -> argparse.ArgumentParser:
     revoke.add_argument("--name")
     revoke.add_argument("--tenant", type=_tenant)
     revoke.set_defaults(handler=_revoke_keys)
+    add_jobs_command(commands)
     return root
 
 

@@ -91,6 +91,9 @@ def serve(settings: Settings, host: str, port: int) -> int:
     worker.start()
     print(f"rlprune API at http://{host}:{port} (OpenAPI docs at /docs); data in {settings.data_dir}", flush=True)
     print(f"API key: {key}", flush=True)
+    # The key rides in the fragment, which browsers never send: it stays out of every server's logs.
+    print(f"dashboard: http://{host}:{port}/ui#key={key}", flush=True)
+    print(f"command line: export RLPRUNE_URL=http://{host}:{port} RLPRUNE_API_KEY={key}", flush=True)
     print("(each start replaces the key of the previous one; `rlprune keys create` makes lasting keys)", flush=True)
     print(f"worker log: {log_path}", flush=True)
     # uvicorn shuts down gracefully on SIGINT/SIGTERM and then re-raises the signal; both end up here as

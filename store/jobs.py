@@ -21,6 +21,7 @@ from sqlalchemy import Select, and_, bindparam, delete, func, or_, select, updat
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from . import webhooks
 from .db import transaction
 from .models import FINISHED, LEASED, ApiKey, Artifact, Job, JobEvent, JobStatus, WorkerBeat, utcnow
 
@@ -194,11 +195,18 @@ def request_cancel(session: Session, tenant: str, job_id: str) -> Job | None:
             extra = {}
         if _advance(session, job_id, job.status, status=target, **extra):
             add_event(session, job_id, event, job.stage, message)
+            _announce(session, job_id, target)
             session.flush()
             session.refresh(job)
             return job
         session.expire(job)
     raise Conflict("the job kept changing; try again")
+
+
+def _announce(session: Session, job_id: str, status: str) -> None:
+    """Queue the webhook messages of a job that has just finished, in the transaction that finished it."""
+    if status in FINISHED:
+        webhooks.enqueue(session, job_id, f"job.{status}")
 
 
 def _advance(session: Session, job_id: str, from_status: str, **values: Any) -> bool:
@@ -298,6 +306,7 @@ def record_progress(session: Session, job_id: str, owner: str, events: Iterable[
     """Write a worker's events and its stage/progress if it still holds the lease; returns the job's status,
     or None (and writes nothing) when the lease is lost."""
     values: dict[str, Any] = {"version": Job.version + 1}
+    previous = session.scalar(select(Job.stage).where(Job.id == job_id)) if stage is not None else None
     if stage is not None:
         values["stage"] = stage
     if progress is not None:
@@ -307,6 +316,8 @@ def record_progress(session: Session, job_id: str, owner: str, events: Iterable[
         return None
     for event in events:
         add_event(session, job_id, event.type, event.stage, event.message, event.data)
+    if stage is not None and stage != previous:
+        webhooks.enqueue(session, job_id, "job.stage")
     return job_status(session, job_id)
 
 
@@ -323,6 +334,7 @@ def finish(session: Session, job_id: str, owner: str, status: JobStatus, message
     session.execute(delete(Artifact).where(Artifact.job_id == job_id))
     session.add_all(Artifact(job_id=job_id, **record) for record in artifacts)
     add_event(session, job_id, status, stage, message)
+    _announce(session, job_id, status)
     return True
 
 
@@ -343,6 +355,7 @@ def release(session: Session, job_id: str, owner: str) -> str | None:
     if done.rowcount != 1:
         return None
     add_event(session, job_id, event, job.stage, message)
+    _announce(session, job_id, target)
     return target
 
 
@@ -383,6 +396,7 @@ def requeue_expired(session: Session, job_id: str, max_attempts: int, grace_seco
     if done.rowcount != 1:
         return None
     add_event(session, job_id, event, job.stage, message)
+    _announce(session, job_id, target)
     return target
 
 

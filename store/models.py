@@ -137,3 +137,57 @@ class Artifact(Base):
     path: Mapped[str] = mapped_column(Text)
 
     job: Mapped[Job] = relationship(back_populates="artifacts")
+
+
+class WebhookEndpoint(Base):
+    """A tenant's receiver of job notifications. The secret signs every message (Standard Webhooks); it must
+    be stored as is, since signing needs it, and the API shows it only in the answer that created it."""
+
+    __tablename__ = "webhook_endpoints"
+    __table_args__ = (Index("ix_webhook_endpoints_tenant_created", "tenant", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant: Mapped[str] = mapped_column(String(200))
+    url: Mapped[str] = mapped_column(String(2000))
+    events: Mapped[list[str]] = mapped_column(JSON().with_variant(JSONB, "postgresql"))
+    secret: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookMessage(Base):
+    """The outbox: one row per event and endpoint, written in the transaction that changed the job, and
+    sent by the workers. Its id is the ``webhook-id`` header, the same on every retry; the body is fixed
+    at the first attempt, so retries send the same bytes. ``lease_owner`` fences a claim like a job's."""
+
+    __tablename__ = "webhook_messages"
+    __table_args__ = (Index("ix_webhook_messages_status_due", "status", "next_attempt_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: f"msg_{uuid.uuid4().hex}")
+    endpoint_id: Mapped[str] = mapped_column(ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), index=True)
+    job_id: Mapped[str] = mapped_column(String(36))  # no foreign key: deleting a job keeps its history here
+    event: Mapped[str] = mapped_column(String(20))
+    status: Mapped[str] = mapped_column(String(10), default="pending")  # pending | succeeded | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    lease_owner: Mapped[str | None] = mapped_column(String(200), default=None)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    body: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookAttempt(Base):
+    """One try at sending a message: what ``GET /webhooks/{id}/deliveries`` pages through."""
+
+    __tablename__ = "webhook_attempts"
+    __table_args__ = (Index("ix_webhook_attempts_endpoint_id_id", "endpoint_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    message_id: Mapped[str] = mapped_column(ForeignKey("webhook_messages.id", ondelete="CASCADE"), index=True)
+    endpoint_id: Mapped[str] = mapped_column(ForeignKey("webhook_endpoints.id", ondelete="CASCADE"))
+    job_id: Mapped[str] = mapped_column(String(36))
+    event: Mapped[str] = mapped_column(String(20))
+    attempt: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(10))  # succeeded | retrying | failed
+    response_status: Mapped[int | None] = mapped_column(Integer, default=None)
+    error: Mapped[str | None] = mapped_column(String(300), default=None)
+    at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -45,6 +45,15 @@ class Settings(BaseSettings):
     ready_needs_worker: bool = Field(True, description="/readyz is 503 while no worker has beaten recently")
     redispatch_seconds: float = Field(600.0, gt=0, description="re-send a queued job's message after this long")
 
+    # Webhooks. Receivers on private networks are refused unless the operator allows them (a test rig, or
+    # a service whose receivers live beside it): otherwise a tenant could make workers call internal hosts.
+    max_webhooks_per_tenant: int = Field(20, ge=1, description="webhook endpoints per tenant (429 beyond)")
+    webhook_allow_private: bool = Field(False, description="allow receivers on loopback/private/reserved addresses")
+    webhook_timeout_seconds: float = Field(5.0, gt=0, description="one delivery attempt's time limit")
+    webhook_max_attempts: int = Field(5, ge=1, description="attempts per message before it is recorded failed")
+    webhook_backoff_seconds: float = Field(1.0, gt=0, description="first retry delay; doubled each time, plus jitter")
+    webhook_poll_seconds: float = Field(1.0, gt=0, description="how often each worker looks for messages to send")
+
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'rlprune.db').resolve()}"

@@ -74,7 +74,10 @@ def _openapi_document() -> dict:
 
 
 CONFIG = SchemathesisConfig.from_dict({"seed": 20250101, "generation": {"max-examples": MAX_EXAMPLES}})
-schema = schemathesis.openapi.from_dict(_openapi_document(), config=CONFIG).exclude(path="/readyz")
+# POST /webhooks resolves the host of the URL it is given: generated names would send DNS queries off this
+# machine. tests/test_webhooks.py sends it hostile input instead.
+schema = (schemathesis.openapi.from_dict(_openapi_document(), config=CONFIG).exclude(path="/readyz")
+          .exclude(path="/webhooks", method="POST"))
 
 
 @schema.parametrize()

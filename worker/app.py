@@ -40,7 +40,11 @@ def _stop_running_job(**_kwargs) -> None:
 
 
 @signals.worker_ready.connect
-def _start_reaper(**_kwargs) -> None:
+def _start_housekeeping(**_kwargs) -> None:
+    """Lease reaping and the webhook sender, each on its own thread: the sender polls more often, and a
+    slow receiver must not delay reaping."""
     from .reaper import start_reaper
+    from .webhooks import start_sender
 
     start_reaper(settings, app)
+    start_sender(settings)

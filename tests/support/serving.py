@@ -25,9 +25,11 @@ TENANTS = ("alice", "bob")
 
 
 @contextmanager
-def served_api(database: str, root: Path, **env: str) -> Iterator[tuple[str, str, dict[str, str]]]:
+def served_api(database: str, root: Path, worker: bool = False,
+               **env: str) -> Iterator[tuple[str, str, dict[str, str]]]:
     """uvicorn on a fresh PostgreSQL database (``database="postgresql"``) or a SQLite file under ``root``,
-    with a fresh Redis database as broker and no worker. Yields (API URL, database URL, key by tenant)."""
+    with a fresh Redis database as broker, and a worker when asked. Yields (API URL, database URL, key by
+    tenant)."""
     sqlite = nullcontext(f"sqlite:///{root / 'rlprune.db'}")
     with fresh_postgres() if database == "postgresql" else sqlite as url:
         migrate(url)
@@ -36,10 +38,13 @@ def served_api(database: str, root: Path, **env: str) -> Iterator[tuple[str, str
             keys = {tenant: store.create_api_key(session, "test", tenant)[1] for tenant in TENANTS}
         engine.dispose()
         service = Service({"RLPRUNE_DATABASE_URL": url, "RLPRUNE_BROKER_URL": fresh_redis(),
-                           "RLPRUNE_DATA_DIR": str(root / "data"), "RLPRUNE_READY_NEEDS_WORKER": "false", **env},
-                          root)
+                           "RLPRUNE_DATA_DIR": str(root / "data"),
+                           "RLPRUNE_READY_NEEDS_WORKER": str(worker).lower(), **env}, root)
         try:
-            yield service.start_api(), url, keys
+            base = service.start_api()
+            if worker:
+                service.start_worker("served")
+            yield base, url, keys
         finally:
             service.stop()
 
@@ -56,6 +61,7 @@ def start_serve(data_dir) -> tuple[subprocess.Popen, httpx.Client]:
             key = line.removeprefix("API key: ").strip()
             break
     assert key, "serve printed no API key"
+    assert next(process.stdout).strip() == f"dashboard: http://127.0.0.1:{port}/ui#key={key}"
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"},
                           timeout=30)
     deadline = time.monotonic() + 60

@@ -1,0 +1,161 @@
+"""``Client``: the rlprune HTTP API from Python, with typed results and one exception type.
+
+Only the public API is used, so the client works against any deployment (``rlprune serve``, the compose
+stack) and imports neither torch nor the server's packages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+from httpx_sse import SSEError, connect_sse
+
+from .errors import ApiError
+from .models import Artifact, Event, Job, JobPage
+
+CHUNK_BYTES = 1 << 20
+RECONNECT_SECONDS = 1.0
+GIVE_UP_SECONDS = 60.0  # a stream that cannot be re-opened for this long raises instead of waiting on
+
+
+class Client:
+    """``Client(url, api_key)``; use it as a context manager, or call :meth:`close`."""
+
+    def __init__(self, url: str, api_key: str, *, timeout: float = 30.0, transport: httpx.BaseTransport | None = None):
+        self._http = httpx.Client(base_url=url.rstrip("/"), headers={"Authorization": f"Bearer {api_key}"},
+                                  timeout=timeout, transport=transport)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- jobs ---------------------------------------------------------------------------------------
+    def submit(self, spec: dict[str, Any], idempotency_key: str | None = None) -> Job:
+        """Queue a job. With ``idempotency_key``, repeating the call (say, after a timeout) returns the
+        job the first call made instead of a second one."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return Job.model_validate(self._request("POST", "/jobs", json=spec, headers=headers).json())
+
+    def get(self, job_id: str) -> Job:
+        return Job.model_validate(self._request("GET", f"/jobs/{job_id}").json())
+
+    def list(self, status: str | None = None, *, page_size: int = 50) -> Iterator[Job]:
+        """Every job of the caller, newest first, following the API's cursor pages."""
+        params = {"limit": page_size, **({"status": status} if status else {})}
+        path: str | None = "/jobs"
+        while path is not None:
+            page = JobPage.model_validate(self._request("GET", path, params=params).json())
+            yield from page.items
+            path, params = page.next, {}  # the next link carries the query
+
+    def cancel(self, job_id: str) -> Job:
+        return Job.model_validate(self._request("POST", f"/jobs/{job_id}/cancel").json())
+
+    def delete(self, job_id: str) -> None:
+        self._request("DELETE", f"/jobs/{job_id}")
+
+    def report(self, job_id: str) -> dict[str, Any]:
+        """The whole report of a succeeded job (``report.json`` less the spec)."""
+        return self._request("GET", f"/jobs/{job_id}/report").json()
+
+    # -- events -------------------------------------------------------------------------------------
+    def events(self, job_id: str, after: int = 0) -> Iterator[Event]:
+        """The job's events from ``after`` on, live, until the job finishes. A dropped connection is
+        resumed with ``Last-Event-ID``, so no event is lost or repeated."""
+        last, failing_since = after, None
+        while True:
+            try:
+                with connect_sse(self._http, "GET", f"/jobs/{job_id}/events", timeout=httpx.Timeout(None, connect=10),
+                                 headers={"Last-Event-ID": str(last)}) as source:
+                    if source.response.is_error:
+                        source.response.read()
+                        raise ApiError.of(source.response)
+                    failing_since = None
+                    for sse in source.iter_sse():
+                        if not sse.data:  # keep-alives and retry hints carry no event
+                            continue
+                        event = Event.model_validate_json(sse.data)
+                        last = event.id
+                        yield event
+                return  # the server ends the stream when the job has finished
+            except (httpx.TransportError, SSEError) as exc:
+                failing_since = failing_since or time.monotonic()
+                if time.monotonic() - failing_since > GIVE_UP_SECONDS:
+                    raise ApiError.unreachable(str(self._http.base_url), exc) from exc
+                time.sleep(RECONNECT_SECONDS)
+
+    def wait(self, job_id: str, on_event: Callable[[Event], None] | None = None) -> Job:
+        """Follow the job until it finishes (calling ``on_event`` for each event) and return it."""
+        for event in self.events(job_id):
+            if on_event is not None:
+                on_event(event)
+        job = self.get(job_id)
+        while not job.finished:  # the stream ended on a disconnect the server saw first
+            time.sleep(RECONNECT_SECONDS)
+            job = self.get(job_id)
+        return job
+
+    # -- artifacts ----------------------------------------------------------------------------------
+    def artifacts(self, job_id: str) -> list[Artifact]:
+        return [Artifact.model_validate(a) for a in self._request("GET", f"/jobs/{job_id}/artifacts").json()]
+
+    def download(self, job_id: str, name_or_all: str, dest: str | Path) -> list[Path]:
+        """Download one artifact by name, or ``"all"``, into the folder ``dest``; returns the files.
+
+        Each file is written to ``<name>.part`` first; an interrupted download resumes from what that
+        holds (HTTP Range), and the file takes its name only once its SHA-256 matches the API's."""
+        listed = self.artifacts(job_id)
+        chosen = listed if name_or_all == "all" else [a for a in listed if a.name == name_or_all]
+        if not chosen:
+            raise ApiError(404, {"title": "Not Found", "detail": f"the job has no artifact {name_or_all!r}"})
+        folder = Path(dest)
+        folder.mkdir(parents=True, exist_ok=True)
+        return [self._download(job_id, artifact, folder) for artifact in chosen]
+
+    def _download(self, job_id: str, artifact: Artifact, folder: Path) -> Path:
+        target = folder / Path(artifact.name).name  # names are the API's, but never a path out of dest
+        partial = target.with_name(target.name + ".part")
+        have = partial.stat().st_size if partial.exists() else 0
+        if have > artifact.bytes:
+            partial.unlink()
+            have = 0
+        headers = {"Range": f"bytes={have}-"} if 0 < have < artifact.bytes else {}
+        if have < artifact.bytes:
+            with self._http.stream("GET", f"/jobs/{job_id}/artifacts/{artifact.name}", headers=headers) as response:
+                if response.is_error:
+                    response.read()
+                    raise ApiError.of(response)
+                mode = "ab" if response.status_code == 206 else "wb"  # a server that ignored Range sends it all
+                with partial.open(mode) as out:
+                    for chunk in response.iter_bytes(CHUNK_BYTES):
+                        out.write(chunk)
+        digest = hashlib.sha256()
+        with partial.open("rb") as data:
+            while chunk := data.read(CHUNK_BYTES):
+                digest.update(chunk)
+        if digest.hexdigest() != artifact.sha256:
+            partial.unlink()
+            raise ApiError(None, {"title": "Corrupt download", "detail":
+                                  f"{artifact.name}: SHA-256 {digest.hexdigest()} is not the job's {artifact.sha256}"})
+        partial.replace(target)
+        return target
+
+    # -- transport ----------------------------------------------------------------------------------
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ApiError.unreachable(str(self._http.base_url), exc) from exc
+        if response.is_error:
+            raise ApiError.of(response)
+        return response

@@ -1,0 +1,61 @@
+"""What the API answers, as typed objects.
+
+The API's response schemas are these classes (``api.schemas`` subclasses them to add constructors from
+database rows), so client and server cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+# A job in one of these states never changes again (the server's ``store.models.FINISHED``; a test checks).
+FINISHED = frozenset({"succeeded", "failed", "cancelled"})
+
+
+class Job(BaseModel):
+    id: str
+    name: str
+    status: str
+    stage: str | None
+    progress: float
+    attempts: int  # runs so far; above 1 when the job was resumed after a worker died
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    spec: dict[str, Any]
+    metrics: dict[str, Any] | None  # the report's headline figures; links.report has all of it
+    error: dict[str, Any] | None
+    links: dict[str, str]
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+
+class JobPage(BaseModel):
+    items: list[Job]
+    next: str | None  # a relative link to the next page, when this one is full
+
+
+class Event(BaseModel):
+    id: int
+    at: datetime
+    type: str
+    stage: str | None
+    message: str
+    data: dict[str, Any]
+
+
+class EventPage(BaseModel):
+    items: list[Event]
+    next: str | None
+
+
+class Artifact(BaseModel):
+    name: str
+    bytes: int
+    sha256: str
+    media_type: str
