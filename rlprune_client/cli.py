@@ -22,7 +22,7 @@ from rlprune_core.summary import report_summary
 
 from .client import Client
 from .errors import ApiError
-from .models import Event, Job
+from .models import FINISHED, Event, Job
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 err = Console(stderr=True)
@@ -179,9 +179,10 @@ class StageBars:
         self.progress.stop()
 
     def show(self, event: Event) -> None:
-        if event.stage is None:  # the job's end
+        if event.type in FINISHED or event.type == "completed":
             for task in self.tasks.values():
                 self.progress.update(task, completed=1.0)
+        if event.stage is None:  # the job's own events (accepted, completed): a line each
             self.progress.console.print(event.message)
             return
         if event.stage not in self.tasks:
