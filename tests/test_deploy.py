@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import sys
+import tomllib
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -57,6 +58,11 @@ def test_the_image_copies_what_exists_and_runs_a_real_command():
     for source in re.findall(r"^COPY (?!--from)(.+?) \S+$", dockerfile, flags=re.MULTILINE):
         for path in source.split():
             assert (REPO / path).exists(), path
+    copied = {path for source in re.findall(r"^COPY (?!--from)(.+?) \S+$", dockerfile, flags=re.MULTILINE)
+              for path in source.split()}
+    packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["hatch"]["build"]["targets"]["wheel"]
+    assert set(packages["packages"]) <= copied, "the image must copy every package the project builds"
+    assert "examples" in copied  # the dashboard offers them
     assert re.search(r"^USER (?!root)\w+", dockerfile, flags=re.MULTILINE)
     _check_command(json.loads(re.search(r"^CMD (.+)$", dockerfile, flags=re.MULTILINE).group(1)))
 
