@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
+import threading
 
 import httpx
 import pytest
@@ -130,6 +134,71 @@ def test_the_client_follows_a_job_and_resumes_downloads(serve, tmp_path):
         with pytest.raises(ApiError) as gone:
             client.get(job.id)
         assert gone.value.status == 404 and gone.value.problem["title"] == "Not Found"
+
+
+EVENT_END = re.compile(rb"\r?\n\r?\n")  # a blank line ends a server-sent event
+
+
+class CuttingProxy:
+    """A loopback TCP proxy to the API that cuts the first event stream right after its first event, as a
+    dropped connection would; every other connection is passed through whole."""
+
+    def __init__(self, upstream: str):
+        self.upstream = httpx.URL(upstream)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.streams = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        upstream = socket.create_connection((self.upstream.host, self.upstream.port))
+
+        def forward_requests() -> None:
+            with contextlib.suppress(OSError):
+                while chunk := client.recv(65536):
+                    upstream.sendall(chunk)
+
+        threading.Thread(target=forward_requests, daemon=True).start()
+        seen, counted = b"", False
+        with client, upstream, contextlib.suppress(OSError):
+            while chunk := upstream.recv(65536):
+                sent, seen = len(seen), seen + chunk
+                event_end = EVENT_END.search(seen, seen.find(b"data:")) if b"data:" in seen else None
+                if not counted and b"text/event-stream" in seen and event_end:
+                    counted, self.streams = True, self.streams + 1
+                    if self.streams == 1:  # up to the end of the first event, then the line goes dead
+                        client.sendall(seen[sent:event_end.end()])
+                        client.shutdown(socket.SHUT_RDWR)  # close() alone would wait for the reading thread
+                        upstream.shutdown(socket.SHUT_RDWR)
+                        return
+                client.sendall(chunk)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_dropped_event_stream_resumes_without_losing_or_repeating_events(serve):
+    url, key, http = serve
+    with Client(url, key) as client:
+        job = client.submit(tiny_spec(pretrain={"epochs": 1}).model_dump(mode="json"))
+        done = client.wait(job.id)
+    assert done.finished
+    proxy = CuttingProxy(url)
+    try:
+        with Client(proxy.url, key) as through_proxy:
+            ids = [event.id for event in through_proxy.events(job.id)]
+    finally:
+        proxy.close()
+    assert proxy.streams >= 2, "the stream should have been cut and opened again"
+    assert ids == [e["id"] for e in all_events(http, job.id)]
 
 
 def test_an_unreachable_api_is_an_api_error():
