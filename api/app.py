@@ -19,7 +19,9 @@ from .auth import AuthMiddleware, KeyCache, document_security
 from .limits import BodyLimitMiddleware
 from .metrics import LatencyMiddleware, Metrics
 from .reads import Reader
-from .routes import health, jobs, ui, webhooks
+from .routes import health, jobs, ui, uploads, webhooks
+
+MULTIPART_SLACK_BYTES = 64 << 10
 
 
 @asynccontextmanager
@@ -55,13 +57,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(webhooks.router)
+    app.include_router(uploads.datasets)
+    app.include_router(uploads.checkpoints)
     app.include_router(ui.router)
     app.mount("/ui/static", ui.static_files(), name="ui-static")
     document_security(app)
     StandaloneDocs(app)  # /docs and /redoc with their scripts served from here: they work air-gapped
     # Outermost last: latency covers everything, unexpected errors (a database outage during the key
     # check too) become problems, and a key is checked before any body is read.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    # Uploads stream to disk and check their own file size exactly; the slack covers a multipart envelope.
+    upload_body = settings.max_upload_bytes + MULTIPART_SLACK_BYTES
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
+                       larger={"/datasets": upload_body, "/checkpoints": upload_body})
     app.add_middleware(AuthMiddleware, keys=KeyCache(app.state.sessions))
     app.add_middleware(problems.UnexpectedErrorMiddleware)
     app.add_middleware(LatencyMiddleware, metrics=app.state.metrics)

@@ -1,4 +1,7 @@
-"""Refuses request bodies over the configured size with 413, whether or not Content-Length is sent."""
+"""Refuses request bodies over the configured size with 413, whether or not Content-Length is sent.
+
+Upload routes get a larger limit of their own (``larger``: path -> bytes); every other route keeps the small
+one, so a large body can only go where it is streamed to disk."""
 
 from __future__ import annotations
 
@@ -9,16 +12,17 @@ from .problems import Problem, send_problem
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: ASGIApp, max_bytes: int, larger: dict[str, int] | None = None):
+        self.app, self.max_bytes, self.larger = app, max_bytes, larger or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.larger.get(scope["path"], self.max_bytes) if scope["method"] == "POST" else self.max_bytes
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await send_problem(send, scope["path"], self.too_large())
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await send_problem(send, scope["path"], self.too_large(limit))
             return
         seen = 0
 
@@ -26,7 +30,7 @@ class BodyLimitMiddleware:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
+            if seen > limit:
                 # An HTTPException is the one error FastAPI lets through its body parsing unchanged (it
                 # turns any other into 400), so the client sees 413 from the problem handlers.
                 raise HTTPException(413, "Content Too Large")
@@ -34,5 +38,6 @@ class BodyLimitMiddleware:
 
         await self.app(scope, counting, send)
 
-    def too_large(self) -> Problem:
-        return Problem(413, "Content Too Large", f"request bodies are limited to {self.max_bytes} bytes")
+    @staticmethod
+    def too_large(limit: int) -> Problem:
+        return Problem(413, "Content Too Large", f"request bodies are limited to {limit} bytes")

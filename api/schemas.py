@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from sqlalchemy import Row
 
 from rlprune_client import models
-from store.models import Artifact, Job, JobEvent, WebhookAttempt, WebhookEndpoint
+from store.models import Artifact, Job, JobEvent, Upload, WebhookAttempt, WebhookEndpoint
 from store.views import job_view
 
 
@@ -90,3 +90,35 @@ class DeliveryOut(BaseModel):
 class DeliveryPage(BaseModel):
     items: list[DeliveryOut]
     next: str | None
+
+
+class DatasetOut(BaseModel):
+    """An uploaded image-folder dataset. ``bytes`` is its extracted size, what counts against the quota;
+    ``sha256`` is the uploaded archive's."""
+
+    id: str
+    classes: list[str]
+    counts: dict[str, int]  # images per split: train, test, and val when the archive has one
+    bytes: int
+    sha256: str
+    created_at: datetime
+
+    @classmethod
+    def of(cls, upload: Upload) -> Self:
+        return cls(id=upload.id, classes=upload.meta["classes"], counts=upload.meta["counts"], bytes=upload.bytes,
+                   sha256=upload.sha256, created_at=upload.created_at)
+
+
+class CheckpointOut(BaseModel):
+    """An uploaded safetensors checkpoint; ``tensors`` is the count its header lists."""
+
+    id: str
+    bytes: int
+    sha256: str
+    tensors: int
+    created_at: datetime
+
+    @classmethod
+    def of(cls, upload: Upload) -> Self:
+        return cls(id=upload.id, bytes=upload.bytes, sha256=upload.sha256, tensors=upload.meta["tensors"],
+                   created_at=upload.created_at)

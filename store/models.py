@@ -191,3 +191,21 @@ class WebhookAttempt(Base):
     response_status: Mapped[int | None] = mapped_column(Integer, default=None)
     error: Mapped[str | None] = mapped_column(String(300), default=None)
     at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Upload(Base):
+    """A tenant's uploaded dataset (extracted image folders) or checkpoint (a safetensors file). ``bytes`` is
+    what it takes on disk, the figure the tenant's quota sums; ``meta`` holds the classes and image counts of
+    a dataset, or the tensor count of a checkpoint. Its files live at a path derived from the tenant and id
+    (``store.uploads``), never stored here, so a row cannot point anywhere else."""
+
+    __tablename__ = "uploads"
+    __table_args__ = (Index("ix_uploads_tenant_kind_created", "tenant", "kind", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(20))  # dataset | checkpoint
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    meta: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -2,7 +2,11 @@
 
 - ``dataset.root``: the name of a dataset folder the operator provides under ``RLPRUNE_DATASET_DIR``
   (one path segment, e.g. ``cifar10``); it must still lie inside that folder once symlinks are resolved.
-- ``model.checkpoint``: ``job:<id>/<artifact>.safetensors``, an artifact of the caller's own succeeded job.
+  For ``imagefolder`` it may also be ``upload:<id>``, one of the caller's dataset uploads.
+- ``model.checkpoint``: ``job:<id>/<artifact>.safetensors``, an artifact of the caller's own succeeded job,
+  or ``upload:<id>``, one of the caller's checkpoint uploads.
+
+An upload that is missing and one of another tenant's get the same answer.
 
 Anything else (an absolute path, ``..``, ``~``, another tenant's job) is refused with a message that names
 the field and never says what exists on the server. ``rlprune run`` on a local machine does not come here:
@@ -19,6 +23,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from . import jobs as store
+from . import uploads
 
 DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 JOB_ARTIFACT = re.compile(r"job:(?P<job>[0-9a-f-]{36})/(?P<name>[A-Za-z0-9._-]{1,200}\.safetensors)")
@@ -41,10 +46,21 @@ class Resolved:
     checkpoint: Path | None
 
 
-def dataset_root(dataset_dir: Path, spec: dict[str, Any]) -> Path:
+def _upload(session: Session, tenant: str, upload_dir: Path, kind: str, field: str, reference: str) -> Path:
+    match = uploads.REFERENCE.fullmatch(reference)
+    if match is None or uploads.get_upload(session, tenant, kind, match["id"]) is None:
+        raise BadReference(field, f"names no {kind} upload of yours")
+    return uploads.files_of(upload_dir, tenant, kind, match["id"])
+
+
+def dataset_root(session: Session, tenant: str, dataset_dir: Path, upload_dir: Path, spec: dict[str, Any]) -> Path:
     root = str(spec["dataset"]["root"])
     if spec["dataset"]["name"] not in ROOTED_DATASETS:
         return dataset_dir  # never read
+    if root.startswith("upload:"):
+        if spec["dataset"]["name"] != "imagefolder":
+            raise BadReference("dataset.root", "an upload can be the root of an imagefolder dataset only")
+        return _upload(session, tenant, upload_dir, uploads.DATASET, "dataset.root", root)
     if not DATASET_NAME.fullmatch(root) or root in (".", ".."):
         raise BadReference("dataset.root", "must be the name of a dataset this service provides (letters, "
                                               "digits, '.', '_', '-'), not a path")
@@ -55,21 +71,25 @@ def dataset_root(dataset_dir: Path, spec: dict[str, Any]) -> Path:
     return path
 
 
-def checkpoint(session: Session, tenant: str, spec: dict[str, Any]) -> Path | None:
+def checkpoint(session: Session, tenant: str, upload_dir: Path, spec: dict[str, Any]) -> Path | None:
     reference = spec["model"].get("checkpoint")
     if reference is None:
         return None
+    if str(reference).startswith("upload:"):
+        return _upload(session, tenant, upload_dir, uploads.CHECKPOINT, "model.checkpoint", str(reference))
     match = JOB_ARTIFACT.fullmatch(str(reference))
     if match is None:
-        raise BadReference("model.checkpoint", "must be job:<id>/<name>.safetensors, an artifact of one of "
-                                                  "your succeeded jobs")
+        raise BadReference("model.checkpoint", "must be upload:<id>, one of your checkpoint uploads, or "
+                                                  "job:<id>/<name>.safetensors, an artifact of one of your "
+                                                  "succeeded jobs")
     artifact = store.finished_artifact(session, tenant, match["job"], match["name"])
     if artifact is None:
         raise BadReference("model.checkpoint", "names no artifact of a succeeded job of yours")
     return Path(artifact.path)
 
 
-def resolve(session: Session, tenant: str, dataset_dir: Path, spec: dict[str, Any]) -> Resolved:
+def resolve(session: Session, tenant: str, dataset_dir: Path, upload_dir: Path, spec: dict[str, Any]) -> Resolved:
     """Check every reference in ``spec`` (a validated spec as JSON) for ``tenant``; raises
-    :class:`BadReference` naming the first bad field."""
-    return Resolved(dataset_root(dataset_dir, spec), checkpoint(session, tenant, spec))
+    :class:`BadReference` naming the first bad field. ``upload_dir`` is where tenants' uploads live."""
+    return Resolved(dataset_root(session, tenant, dataset_dir, upload_dir, spec),
+                    checkpoint(session, tenant, upload_dir, spec))

@@ -17,6 +17,8 @@ class Settings(BaseSettings):
     broker_url: str | None = Field(None, description="Celery broker; default: a SQLite file beside the database")
     artifact_dir: Path | None = Field(None, description="job work folders and artifacts; default: data_dir/jobs")
     dataset_dir: Path | None = Field(None, description="where a relative dataset.root points")
+    upload_dir: Path | None = Field(None, description="tenants' uploaded datasets and checkpoints; default: "
+                                                       "data_dir/uploads")
     lease_seconds: float = Field(60.0, gt=0, description="a running job's lease; renewed by heartbeats")
     heartbeat_seconds: float = Field(10.0, gt=0, description="how often a worker renews its lease")
     max_attempts: int = Field(3, ge=1, description="runs of a job (first run and resumptions) before it fails")
@@ -39,6 +41,14 @@ class Settings(BaseSettings):
     max_search_steps: int = Field(2000, ge=1, description="prune.steps")
     max_samples_per_step: int = Field(256, ge=2, description="prune.samples_per_step")
     max_event_rows: int = Field(5000, ge=100, description="per job; progress events past it are not stored")
+
+    # Uploads (POST /datasets, /checkpoints). The archive caps are the zip and tar bomb defence: they count
+    # the bytes actually written while extracting, never the sizes an archive declares.
+    max_upload_bytes: int = Field(1 << 30, ge=1, description="one upload's body (413 beyond)")
+    max_extracted_bytes: int = Field(4 << 30, ge=1, description="a dataset archive's files once extracted (413)")
+    max_archive_files: int = Field(100_000, ge=1, description="members of one dataset archive (422 beyond)")
+    max_archive_member_bytes: int = Field(64 << 20, ge=1, description="one file of a dataset archive (413)")
+    upload_quota_bytes: int = Field(10 << 30, ge=1, description="stored upload bytes per tenant (507 beyond)")
 
     # Workers.
     worker_stale_seconds: float = Field(30.0, gt=0, description="/readyz needs a worker beat this recent")
@@ -71,6 +81,10 @@ class Settings(BaseSettings):
     @property
     def resolved_dataset_dir(self) -> Path:
         return self.dataset_dir or self.data_dir / "datasets"
+
+    @property
+    def resolved_upload_dir(self) -> Path:
+        return self.upload_dir or self.data_dir / "uploads"
 
 
 @lru_cache

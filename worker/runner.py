@@ -188,7 +188,8 @@ class JobRunner:
 
             spec = JobSpec.model_validate(spec_data)
             with self.sessions() as session:
-                resolved = references.resolve(session, tenant, self.settings.resolved_dataset_dir, spec_data)
+                resolved = references.resolve(session, tenant, self.settings.resolved_dataset_dir,
+                                              self.settings.resolved_upload_dir, spec_data)
             locations = Locations(dataset_root=resolved.dataset_root, checkpoint=resolved.checkpoint,
                                   allow_download=spec.dataset.download,
                                   max_dataset_bytes=self.settings.max_dataset_bytes)

@@ -95,7 +95,7 @@ def submit(spec: JobSpec, request: Request, response: Response, tenant: TenantDe
     data = spec.model_dump(mode="json")
     try:
         with _sessions(request)() as session:
-            references.resolve(session, tenant, settings.resolved_dataset_dir, data)
+            references.resolve(session, tenant, settings.resolved_dataset_dir, settings.resolved_upload_dir, data)
     except references.BadReference as exc:
         raise invalid(exc.field, exc.message) from exc
     try:

@@ -1,0 +1,101 @@
+"""Tenants' uploads: their rows, where their files live, and the storage quota.
+
+Files live at a path computed from the tenant and the upload's id (``<upload_dir>/<tenant hash>/datasets/<id>/``
+or ``.../checkpoints/<id>.safetensors``): the API writes there and the worker reads there, and no row or
+spec ever carries a path.
+
+The quota is enforced by a conditional insert: the row goes in only if the tenant's stored bytes plus the new
+upload's stay within the quota, checked by the same statement. SQLite runs one writer at a time, so the
+statement is atomic there; on PostgreSQL two such inserts could each read the sum before the other commits,
+so a transaction-scoped advisory lock keyed by the tenant serialises them first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, func, insert, literal, select
+from sqlalchemy.orm import Session
+
+from .models import FINISHED, Job, Upload, new_id, utcnow
+
+DATASET, CHECKPOINT = "dataset", "checkpoint"
+REFERENCE = re.compile(r"upload:(?P<id>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")
+INCOMING = ".incoming"  # under upload_dir: uploads being received and checked, removed when done
+
+
+class OverQuota(Exception):
+    """The upload would take the tenant's stored bytes past the quota."""
+
+
+def tenant_dir(upload_dir: Path, tenant: str) -> Path:
+    """A folder name from the tenant's hash: tenant names are free text and never become path segments."""
+    return upload_dir / hashlib.sha256(tenant.encode()).hexdigest()[:32]
+
+
+def files_of(upload_dir: Path, tenant: str, kind: str, upload_id: str) -> Path:
+    """The folder (a dataset) or file (a checkpoint) of one upload."""
+    if kind == DATASET:
+        return tenant_dir(upload_dir, tenant) / "datasets" / upload_id
+    return tenant_dir(upload_dir, tenant) / "checkpoints" / f"{upload_id}.safetensors"
+
+
+def used_bytes(session: Session, tenant: str) -> int:
+    return session.scalar(select(func.coalesce(func.sum(Upload.bytes), 0)).where(Upload.tenant == tenant)) or 0
+
+
+def _lock_tenant(session: Session, tenant: str) -> None:
+    if session.get_bind().dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.sha256(f"uploads:{tenant}".encode()).digest()[:8], "big", signed=True)
+        session.execute(select(func.pg_advisory_xact_lock(key)))
+
+
+def create_upload(session: Session, tenant: str, kind: str, size: int, sha256: str, meta: dict[str, Any],
+                  quota: int, upload_id: str | None = None) -> Upload:
+    """Insert the row if the tenant's uploads, this one included, fit in ``quota``; else :class:`OverQuota`.
+    The caller commits, after moving the files into place (a failed move rolls the row back)."""
+    _lock_tenant(session, tenant)
+    table = Upload.__table__
+    values = {"id": upload_id or new_id(), "tenant": tenant, "kind": kind, "bytes": size, "sha256": sha256,
+              "meta": meta, "created_at": utcnow()}
+    used = select(func.coalesce(func.sum(Upload.bytes), 0)).where(Upload.tenant == tenant).scalar_subquery()
+    row = select(*(literal(v, type_=table.c[k].type).label(k) for k, v in values.items())).where(used + size <= quota)
+    session.execute(insert(table).from_select(list(values), row))
+    upload = session.get(Upload, values["id"])
+    if upload is None:
+        taken = used_bytes(session, tenant)
+        raise OverQuota(f"this upload takes {size:,} bytes and your uploads already take {taken:,} of your "
+                        f"{quota:,}-byte quota; delete some first")
+    return upload
+
+
+def get_upload(session: Session, tenant: str, kind: str, upload_id: str) -> Upload | None:
+    """The tenant's upload; another tenant's is indistinguishable from a missing one."""
+    return session.scalar(select(Upload).where(Upload.id == upload_id, Upload.tenant == tenant, Upload.kind == kind))
+
+
+def list_uploads(session: Session, tenant: str, kind: str) -> list[Upload]:
+    return list(session.scalars(select(Upload).where(Upload.tenant == tenant, Upload.kind == kind)
+                                .order_by(Upload.created_at, Upload.id)))
+
+
+def in_use(session: Session, tenant: str, upload_id: str) -> bool:
+    """Whether an unfinished job of the tenant names the upload (a tenant has a few dozen at most)."""
+    reference = f"upload:{upload_id}"
+    specs = session.scalars(select(Job.spec).where(Job.tenant == tenant, Job.status.not_in(FINISHED)))
+    return any(reference in (spec.get("dataset", {}).get("root"), spec.get("model", {}).get("checkpoint"))
+               for spec in specs)
+
+
+def delete_upload(session: Session, tenant: str, kind: str, upload_id: str) -> bool | None:
+    """Delete the row. None: no such upload of the tenant's; False: a queued or running job uses it."""
+    _lock_tenant(session, tenant)
+    if get_upload(session, tenant, kind, upload_id) is None:
+        return None
+    if in_use(session, tenant, upload_id):
+        return False
+    session.execute(delete(Upload).where(Upload.id == upload_id))
+    return True
