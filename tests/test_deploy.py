@@ -73,3 +73,10 @@ def test_env_example_documents_every_setting():
         assert f"RLPRUNE_{name.upper()}" in example, name
     for variable in re.findall(r"\$\{(\w+)", (REPO / "docker-compose.yml").read_text()):
         assert f"{variable}=" in example, variable
+
+
+def test_secrets_and_environments_stay_out_of_git_and_of_the_image():
+    ignored_by_git = (REPO / ".gitignore").read_text().split()
+    left_out_of_builds = (REPO / ".dockerignore").read_text().split()
+    assert ".env" in ignored_by_git
+    assert {".env", ".venv", ".git", "rlprune-data"} <= set(left_out_of_builds)
