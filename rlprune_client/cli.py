@@ -180,18 +180,20 @@ class StageBars:
 
     def show(self, event: Event) -> None:
         if event.type in FINISHED or event.type == "completed":
-            for task in self.tasks.values():
-                self.progress.update(task, completed=1.0)
+            self._complete_all()
         if event.stage is None:  # the job's own events (accepted, completed): a line each
             self.progress.console.print(event.message)
             return
         if event.stage not in self.tasks:
-            for task in self.tasks.values():
-                self.progress.update(task, completed=1.0)
+            self._complete_all()
             self.tasks[event.stage] = self.progress.add_task(event.message, total=1.0, stage=event.stage)
         done = _fraction(event.data)
         self.progress.update(self.tasks[event.stage], description=event.message,
                              **({"completed": done} if done is not None else {}))
+
+    def _complete_all(self) -> None:
+        for task in self.tasks.values():
+            self.progress.update(task, completed=1.0)
 
 
 def _fraction(data: dict[str, Any]) -> float | None:
