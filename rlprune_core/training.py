@@ -60,9 +60,11 @@ def evaluate(model: nn.Module, split: Split, device: torch.device) -> float:
 
 def _schedule(optimizer: torch.optim.Optimizer, spec: TrainSpec, total_steps: int):
     if spec.schedule == "onecycle":
+        # OneCycleLR divides by (pct_start * total_steps - 1): a one-step warm-up (four steps in all, as a
+        # small upload trains) would divide by zero, so such a run warms up over two.
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=spec.lr, total_steps=total_steps, pct_start=0.25, anneal_strategy="linear",
-            div_factor=10.0, final_div_factor=100.0, cycle_momentum=False,
+            optimizer, max_lr=spec.lr, total_steps=total_steps, pct_start=0.5 if total_steps == 4 else 0.25,
+            anneal_strategy="linear", div_factor=10.0, final_div_factor=100.0, cycle_momentum=False,
         )
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
 

@@ -5,7 +5,7 @@ from rlprune_core.data import load_dataset
 from rlprune_core.events import StopCheck, Stopped
 from rlprune_core.models import ModelConfig, build_model
 from rlprune_core.spec import DatasetSpec, TrainSpec
-from rlprune_core.training import evaluate, train
+from rlprune_core.training import _schedule, evaluate, train
 
 CPU = torch.device("cpu")
 
@@ -53,3 +53,14 @@ def test_stopped_training_resumes_to_the_same_weights(synthetic, tmp_path, sched
     assert resumed_at == [1] and epochs_seen == [1, 2, 3]
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values(), strict=True):
         assert torch.allclose(a.float(), b.float(), atol=1e-5)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 4, 5, 8])
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
+def test_any_number_of_steps_has_a_schedule(steps, schedule):
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    scheduler = _schedule(optimizer, TrainSpec(epochs=1, schedule=schedule), steps)
+    for _ in range(steps):
+        assert 0 < optimizer.param_groups[0]["lr"] <= 0.1  # the rate each optimizer step uses
+        optimizer.step()
+        scheduler.step()
