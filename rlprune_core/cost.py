@@ -56,16 +56,19 @@ class CostModel:
         pair_in, pair_out, pair_macs, pair_params, single_index, single_params = [], [], [], [], [], []
         for name, module in model.named_modules():
             if isinstance(module, nn.Conv2d | nn.Linear):
-                if isinstance(module, nn.Conv2d) and module.groups != 1:
-                    raise NotImplementedError(f"{name}: grouped convolutions are not supported")
                 kernel = module.weight[0, 0].numel()
-                in_channels = module.weight.shape[1]
+                in_channels = module.weight.shape[1]  # per group: a grouped conv reads in / groups channels
                 out_channels = module.weight.shape[0]
-                pair_in.append(index(name, in_group, in_channels))
+                # A grouped conv's inputs per group never change: a depthwise conv stays depthwise (1 per
+                # group) as its channels go, and other grouped convs are never pruned (see structure.py).
+                grouped = isinstance(module, nn.Conv2d) and module.groups != 1
+                pair_in.append(index(name, {} if grouped else in_group, in_channels))
+                # A linear after a flatten reads every position of each channel (VGG's 7 x 7 per channel).
+                positions = in_channels // groups[in_group[name]].size if name in in_group and not grouped else 1
                 out_index = index(name, out_group, out_channels)
                 pair_out.append(out_index)
-                pair_params.append(kernel)
-                pair_macs.append(kernel * spatial.get(name, 1))
+                pair_params.append(kernel * positions)
+                pair_macs.append(kernel * positions * spatial.get(name, 1))
                 if module.bias is not None:
                     single_index.append(out_index)
                     single_params.append(1)

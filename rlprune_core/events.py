@@ -12,7 +12,8 @@ STAGES = ("pretrain", "prune", "finetune", "export")
 
 @dataclass(frozen=True)
 class Event:
-    """``type`` is one of: stage, epoch, prune_step, info, resumed, completed."""
+    """``type`` is one of: stage, epoch, prune_step, info (a one-off notice, e.g. a re-initialised
+    classifier), resumed, completed."""
 
     type: str
     stage: str | None

@@ -30,17 +30,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
 from . import __version__
 from .agents import SearchContext, get_agent
 from .agents.base import CALIBRATION_IMAGES
+from .checkpoint import load_checkpoint
 from .cost import CostModel
 from .data import Dataset, load_dataset
 from .device import prepare, resolve_device
-from .errors import CheckpointError, WorkdirError
+from .errors import SpecError, WorkdirError
 from .events import STAGES, Event, EventSink, StopCheck
 from .export import (
     artifact_record,
@@ -166,6 +166,9 @@ class _Run:
 
         pretrained = self.pretrain()
         self.groups = find_groups(pretrained, self.example)
+        if not self.groups:
+            raise SpecError(f"model.arch: {self.config.arch} has no channels that can be removed exactly, so it "
+                            "cannot be pruned")
         self.cost = CostModel.from_model(pretrained, self.groups, self.example)
         kept = self.prune(pretrained)
         final = self.finetune(pretrained, kept)
@@ -196,13 +199,17 @@ class _Run:
             return model
         began = time.perf_counter()
         self.emit("stage", "pretrain", "pretraining the unpruned model")
-        if self.spec.pretrain.epochs == 0:
-            load_checkpoint(model, self.locations.checkpoint, self.config, self.device)
-        else:
-            self._train(model, "pretrain", self.spec.pretrain, "model")
+        fresh: list[str] = []
+        if self.spec.model.checkpoint:
+            fresh = load_checkpoint(model, self.locations.checkpoint, self.config, self.device)
+        if fresh:
+            untrained = "; with pretrain.epochs 0 only finetuning trains them" if not self.spec.pretrain.epochs else ""
+            self.emit("info", "pretrain", f"the checkpoint's classifier has another class count, so {', '.join(fresh)} "
+                      f"start from fresh weights{untrained}", 0.0, classifier_reinitialised=fresh)
+        self._train(model, "pretrain", self.spec.pretrain, "model")
         save_weights(model, weights)
         stats = model_stats(model, self.input_shape, evaluate(model, self.data.test, self.device))
-        self.finish_stage("pretrain", began, baseline=stats.to_dict(),
+        self.finish_stage("pretrain", began, baseline=stats.to_dict(), classifier_reinitialised=fresh,
                           val_accuracy=evaluate(model, self.data.val, self.device))
         return model
 
@@ -322,6 +329,8 @@ class _Run:
         return {
             "name": self.spec.name,
             "spec": self.state["spec"],
+            "model": {**self.config.to_dict(), "image_size": self.data.contract.size,
+                      "classifier_reinitialised": done["pretrain"].get("classifier_reinitialised", [])},
             "baseline": baseline,
             "pruned": done["prune"]["pruned"],
             "final": final,
@@ -340,35 +349,6 @@ class _Run:
             "environment": {"device": str(self.device), "torch": torch.__version__, "rlprune": __version__,
                             "python": platform.python_version()},
         }
-
-
-def load_checkpoint(model: nn.Module, path: Path | None, config: ModelConfig, device: torch.device) -> None:
-    """Load a safetensors state into ``model``, or fail with one sentence about the spec field.
-
-    Missing, unreadable, a directory, not safetensors, or the wrong shapes: the message has the same shape
-    for each, and it never echoes the path, so it cannot tell which files exist. Tensor names do appear:
-    they describe the model, not this machine.
-    """
-    wrong = CheckpointError(f"model.checkpoint: not a safetensors state of {config.arch} at width {config.width} "
-                            f"with {config.num_classes} classes")
-    try:
-        if path is None or not path.is_file():  # not even open() a FIFO or a device
-            raise wrong
-        state = load_file(str(path), device=str(device))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise wrong from exc
-    expected = model.state_dict()
-    differences = [
-        ("missing", [name for name in expected if name not in state]),
-        ("unexpected", [name for name in state if name not in expected]),
-        ("of another shape", [name for name, tensor in state.items()
-                              if name in expected and tensor.shape != expected[name].shape]),
-    ]
-    found = [f"{what}: {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}"
-             for what, names in differences if names]
-    if found:
-        raise CheckpointError(f"{wrong} (tensors {'; '.join(found)})")
-    model.load_state_dict(state)
 
 
 def build_cpu_copy(model: nn.Module) -> nn.Module:

@@ -15,14 +15,31 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from .errors import SpecError
 
-Arch = Literal["vgg11", "vgg13", "vgg16", "vgg19", "resnet20", "resnet56"]
+CifarArch = Literal["vgg11", "vgg13", "vgg16", "vgg19", "resnet20", "resnet56"]
+# torchvision classification models, each tested for every pruning invariant (rlprune_core.models).
+TorchvisionArch = Literal["resnet18", "resnet34", "resnet50", "mobilenet_v2", "mobilenet_v3_small",
+                          "mobilenet_v3_large", "efficientnet_b0", "regnet_x_400mf", "vgg16_bn"]
+Arch = Literal[CifarArch, TorchvisionArch]
+# VGG and the torchvision models halve the image five times: below 32 pixels the last stage has nothing to
+# see. The CIFAR ResNets halve it twice and take any size the dataset field allows.
+MIN_IMAGE_SIZE = 32
+ANY_IMAGE_SIZE: tuple[str, ...] = ("resnet20", "resnet56")
 DatasetName = Literal["cifar10", "cifar100", "digits", "synthetic", "imagefolder"]
 AgentName = Literal["reinforce", "allocation", "random-search", "policy-network", "l1", "random"]
 CriterionName = Literal["l1", "bn-scale", "random"]
@@ -61,12 +78,32 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
+def default_image_size(arch: str) -> int:
+    """The image size a job uses when its spec names none.
+
+    The built-in CIFAR models were designed for 32 x 32 images. torchvision's models were designed, and their
+    published weights trained, at 224 x 224, so a checkpoint of one scores as it was trained; a user whose
+    images are small sets ``dataset.image_size`` (32 at least) and saves 49x the compute.
+    """
+    return 224 if arch in get_args(TorchvisionArch) else 32
+
+
 class ModelSpec(_Strict):
     arch: Arch = "vgg16"
-    width: Annotated[float, Field(gt=0.0, le=4.0)] = 1.0
+    width: Annotated[float, Field(gt=0.0, le=4.0)] = Field(
+        default=1.0, description="channel multiplier of the built-in CIFAR models; torchvision models take 1.0")
     checkpoint: Text | None = Field(
-        default=None, description="safetensors state of the unpruned model; used when pretrain.epochs is 0"
+        default=None, description="safetensors state of the unpruned model to start from; pretrain.epochs "
+        "then trains from it (0: use it as it is). A classifier of another class count is re-initialised."
     )
+
+    @field_validator("width")
+    @classmethod
+    def _width_applies_to_the_builtin_models(cls, width: float, info: ValidationInfo) -> float:
+        arch = info.data.get("arch")
+        if arch in get_args(TorchvisionArch) and width != 1.0:
+            raise ValueError(f"{arch} is built at torchvision's own width, so width must be 1.0")
+        return width
 
 
 class DatasetSpec(_Strict):
@@ -75,7 +112,8 @@ class DatasetSpec(_Strict):
     download: bool = False
     val_fraction: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.1
     # 512 px is allowed here; whether a machine can hold the images at that size is checked where the job
-    # runs (rlprune_core.footprint), since it depends on the machine and the dataset.
+    # runs (rlprune_core.footprint), since it depends on the machine and the dataset. Left out of a job's
+    # spec, it follows the architecture (default_image_size).
     image_size: Annotated[int, Field(ge=8, le=512)] = 32
     max_train_samples: Annotated[int, Field(ge=10, le=100_000_000)] | None = None
 
@@ -156,12 +194,24 @@ class JobSpec(_Strict):
     baselines: list[BaselineName] = Field(default_factory=list)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _image_size_follows_the_architecture(cls, data: object) -> object:
+        if not isinstance(data, dict):
+            return data
+        model, dataset = data.get("model", {}), data.get("dataset", {})
+        arch = model.get("arch", "vgg16") if isinstance(model, dict) else None
+        if isinstance(arch, str) and isinstance(dataset, dict) and "image_size" not in dataset:
+            data = {**data, "dataset": {**dataset, "image_size": default_image_size(arch)}}
+        return data
+
     @model_validator(mode="after")
     def _pretrained_weights_come_from_somewhere(self) -> JobSpec:
         if self.pretrain.epochs == 0 and not self.model.checkpoint:
             raise ValueError("pretrain.epochs is 0, so model.checkpoint must name a safetensors file to start from")
-        if self.model.arch.startswith("vgg") and self.dataset.image_size < 32:
-            raise ValueError("dataset.image_size must be at least 32 for VGG, which halves the image five times")
+        if self.model.arch not in ANY_IMAGE_SIZE and self.dataset.image_size < MIN_IMAGE_SIZE:
+            raise ValueError(f"dataset.image_size must be at least {MIN_IMAGE_SIZE} for {self.model.arch}, which "
+                             "halves the image five times")
         if len(set(self.baselines)) != len(self.baselines):
             raise ValueError("baselines lists a method twice")
         return self

@@ -1,7 +1,9 @@
 """The prunable structure of a model: groups of channels that must be kept or removed together.
 
 Torch-Pruning's dependency graph finds the coupling (a conv's outputs, its BatchNorm, the next layer's
-inputs, and every tensor that meets them in a residual sum), so one code path serves VGG and ResNet.
+inputs, every tensor that meets them in a residual sum, a depthwise conv and its norm that carry them through,
+a squeeze-excitation gate that scales them), so one code path serves VGG, ResNet and torchvision's models.
+Channels of grouped convolutions (RegNet's) stay whole: pruning them one by one would break the groups.
 """
 
 from __future__ import annotations
@@ -31,6 +33,15 @@ class PrunableGroup:
     consumers: tuple[str, ...]
 
 
+def is_depthwise(conv: nn.Conv2d) -> bool:
+    return conv.groups == conv.in_channels == conv.out_channels
+
+
+def is_grouped(conv: nn.Conv2d) -> bool:
+    """A grouped convolution other than a depthwise one: its channels can only go a whole group at a time."""
+    return conv.groups > 1 and not is_depthwise(conv)
+
+
 def head_layers(model: nn.Module) -> list[nn.Module]:
     """The classifier whose outputs are the classes: never pruned on its output side."""
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
@@ -53,6 +64,9 @@ def find_groups(model: nn.Module, example: torch.Tensor) -> list[PrunableGroup]:
     groups = []
     for group in graph.get_all_groups(ignored_layers=head_layers(model), root_module_types=[nn.Conv2d]):
         norms, producers, consumers = set(), set(), set()
+        modules = [dep.target.module for dep, _ in group]
+        if any(isinstance(m, nn.Conv2d) and is_grouped(m) for m in modules):
+            continue  # removing single channels would break the conv's groups; leave them whole
         for dep, _ in group:
             module = dep.target.module
             if module not in names:

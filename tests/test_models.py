@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from rlprune_core.metrics import count_macs, count_params
-from rlprune_core.models import ARCHS, ModelConfig, build_model
+from rlprune_core.models import ARCHS, TORCHVISION_ARCHS, ModelConfig, build_model
 
 
 def test_vgg16_has_the_published_size():
@@ -13,7 +13,8 @@ def test_vgg16_has_the_published_size():
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_every_arch_classifies_any_channel_count(arch):
-    model = build_model(ModelConfig(arch, num_classes=7, in_channels=1, width=0.25)).eval()
+    width = 1.0 if arch in TORCHVISION_ARCHS else 0.25  # torchvision's models come at their own width
+    model = build_model(ModelConfig(arch, num_classes=7, in_channels=1, width=width)).eval()
     assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 7)
 
 
@@ -28,3 +29,16 @@ def test_resnet_depths():
     # 1 stem + 2 per block + 2 projection shortcuts
     assert convs(build_model(ModelConfig("resnet20", 10, 3))) == 1 + 2 * 9 + 2
     assert convs(build_model(ModelConfig("resnet56", 10, 3))) == 1 + 2 * 27 + 2
+
+
+def test_torchvision_models_keep_torchvision_state_names():
+    import torchvision
+
+    ours = build_model(ModelConfig("resnet18", num_classes=10, in_channels=3)).state_dict()
+    theirs = torchvision.models.resnet18(num_classes=10).state_dict()
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}
+
+
+def test_torchvision_models_take_no_width():
+    with pytest.raises(ValueError, match=r"width must be 1\.0"):
+        build_model(ModelConfig("mobilenet_v2", num_classes=10, in_channels=3, width=0.5))

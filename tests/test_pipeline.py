@@ -10,13 +10,13 @@ import torch
 from safetensors.torch import save_file
 
 from rlprune_core import load_model, run_pipeline
+from rlprune_core.checkpoint import load_checkpoint
 from rlprune_core.data import load_dataset
 from rlprune_core.errors import CheckpointError, WorkdirError
 from rlprune_core.events import Stopped
 from rlprune_core.export import save_weights
 from rlprune_core.locations import Locations
 from rlprune_core.models import ModelConfig, build_model
-from rlprune_core.pipeline import load_checkpoint
 from rlprune_core.training import evaluate
 
 from .conftest import REPO, tiny_spec
@@ -163,6 +163,19 @@ def test_a_matching_checkpoint_loads(tmp_path):
     model = build_model(VGG11)
     load_checkpoint(model, tmp_path / "good.safetensors", VGG11, torch.device("cpu"))
     assert all(torch.equal(v, source.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+def test_a_checkpoint_with_another_class_count_keeps_all_but_the_classifier(tmp_path):
+    torch.manual_seed(1)
+    source = build_model(ModelConfig("vgg11", num_classes=7, in_channels=1, width=0.125))
+    save_weights(source, tmp_path / "seven.safetensors")
+    model = build_model(VGG11)
+    fresh = model.state_dict()["classifier.weight"].clone()
+    assert load_checkpoint(model, tmp_path / "seven.safetensors", VGG11, torch.device("cpu")) == [
+        "classifier.bias", "classifier.weight"]
+    state = model.state_dict()
+    assert torch.equal(state["classifier.weight"], fresh)
+    assert all(torch.equal(v, state[k]) for k, v in source.state_dict().items() if not k.startswith("classifier"))
 
 
 def test_should_stop_halts_the_prune_stage_and_the_job_resumes(tmp_path):

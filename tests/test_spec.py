@@ -39,6 +39,8 @@ def test_yaml_and_json_give_the_same_spec():
     ('{"prune": {"eval_samples": 100000000000000000000000}}', "prune.eval_samples"),
     ('{"dataset": {"max_train_samples": 100000000000000000000000}}', "dataset.max_train_samples"),
     ('{"prune": {"min_channels": 100000}}', "prune.min_channels"),
+    ('{"model": {"arch": "resnet18", "width": 0.5}}', "model.width"),
+    ('{"model": {"arch": "mobilenet_v2"}, "dataset": {"image_size": 24}}', "dataset.image_size"),
 ])
 def test_bad_values_fail_with_a_message_naming_the_field(text, field):
     with pytest.raises(SpecError) as caught:
@@ -104,3 +106,11 @@ def test_spec_imports_without_torch():
     code = ("import sys, rlprune_core.spec, rlprune_core.footprint, rlprune_core.locations, rlprune_core; "
             "rlprune_core.JobSpec; assert 'torch' not in sys.modules and 'numpy' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(("arch", "size"), [("vgg11", 32), ("resnet20", 32), ("resnet18", 224), ("vgg16_bn", 224)])
+def test_image_size_left_out_follows_the_architecture(arch, size):
+    assert JobSpec.model_validate({"model": {"arch": arch}}).dataset.image_size == size
+    given = JobSpec.model_validate({"model": {"arch": arch}, "dataset": {"image_size": 64}})
+    assert given.dataset.image_size == 64
+    assert JobSpec.model_validate_json(given.to_json()) == given  # a stored spec reads back the same

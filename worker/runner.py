@@ -34,7 +34,7 @@ from store.queue import dispatch
 from store.settings import Settings
 
 log = logging.getLogger("rlprune.worker")
-ALWAYS_WRITTEN = {"stage", "resumed", "completed"}
+ALWAYS_WRITTEN = {"stage", "resumed", "completed", "info"}
 SHUTTING_DOWN = threading.Event()  # set by the worker's shutdown signal
 CHECK_SECONDS = 2.0  # cancellation reaches a running job within this, plus the pipeline's own half second
 RETRY_SECONDS = 0.5

@@ -7,9 +7,11 @@ from dataclasses import asdict, dataclass
 from torch import nn
 
 from .resnet import DEPTHS, CifarResNet
+from .torchvision_models import ARCHS as TORCHVISION_ARCHS
+from .torchvision_models import build_torchvision
 from .vgg import CONFIGS, VGG
 
-ARCHS = (*CONFIGS, *DEPTHS)
+ARCHS = (*CONFIGS, *DEPTHS, *TORCHVISION_ARCHS)
 
 
 @dataclass(frozen=True)
@@ -30,4 +32,8 @@ def build_model(config: ModelConfig) -> nn.Module:
         return VGG(CONFIGS[config.arch], config.num_classes, config.in_channels, config.width)
     if config.arch in DEPTHS:
         return CifarResNet(DEPTHS[config.arch], config.num_classes, config.in_channels, config.width)
+    if config.arch in TORCHVISION_ARCHS:
+        if config.width != 1.0:
+            raise ValueError(f"{config.arch} is built at torchvision's own width; width must be 1.0")
+        return build_torchvision(config.arch, config.num_classes, config.in_channels)
     raise ValueError(f"unknown architecture {config.arch!r}; choose one of {', '.join(ARCHS)}")
