@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -20,8 +21,10 @@ from .limits import BodyLimitMiddleware
 from .metrics import LatencyMiddleware, Metrics
 from .reads import Reader
 from .routes import health, jobs, ui, uploads, webhooks
+from .scratch import sweep
 
 MULTIPART_SLACK_BYTES = 64 << 10
+log = logging.getLogger("rlprune.api")
 
 
 @asynccontextmanager
@@ -30,6 +33,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     connection, so threads beyond the pool's size would only queue for connections while contending for
     the GIL: the pool size caps the threads too, and the other requests wait their turn on the loop."""
     anyio.to_thread.current_default_thread_limiter().total_tokens = app.state.settings.db_pool_size
+    swept = await anyio.to_thread.run_sync(sweep, app.state.settings.resolved_upload_dir)
+    if swept:
+        log.info("removed %d unfinished uploads that a stopped API process left behind", swept)
     app.state.reader.start()
     gc.freeze()  # the objects of start-up live as long as the process: keep full collections off them
     yield

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import BinaryIO
 
 from fastapi import Request
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
-
-from store.uploads import INCOMING
 
 from .problems import Problem, invalid
 
@@ -117,11 +114,3 @@ async def receive(request: Request, out: BinaryIO, max_bytes: int, raw_types: tu
     if not part.complete:
         raise invalid(FIELD, "the multipart body ended before the file did")
     return Received(sink.size, sink.digest.hexdigest(), part.media_type)
-
-
-def scratch(upload_dir: Path, name: str) -> Path:
-    """A fresh folder for one upload in progress, on the same file system as its final place so that
-    putting it there is an atomic rename."""
-    folder = upload_dir / INCOMING / name
-    folder.mkdir(parents=True)
-    return folder

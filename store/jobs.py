@@ -12,7 +12,7 @@ import binascii
 import hashlib
 import json
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -88,12 +88,15 @@ def _idempotent(session: Session, tenant: str, key: str, digest: str) -> Job | N
 
 
 def create_job(sessions: sessionmaker[Session], tenant: str, spec: dict[str, Any], idempotency_key: str | None,
-               max_unfinished: int | None = None) -> tuple[Job, bool]:
+               max_unfinished: int | None = None,
+               check: Callable[[Session], object] | None = None) -> tuple[Job, bool]:
     """A new queued job, or the one an earlier request with the same Idempotency-Key created.
 
     Returns (job, created), committed. The same key with a different spec is a :class:`Conflict`; a tenant
     at its cap of unfinished jobs gets :class:`TooManyJobs`. Two requests racing with one key both end
     with the one job: the loser's insert hits the unique constraint, and it then reads the winner's row.
+    ``check`` runs in the inserting transaction (the spec's references, which lock what they name); what it
+    raises rolls the insert back and reaches the caller.
     """
     digest = spec_hash(spec)
     try:
@@ -102,6 +105,8 @@ def create_job(sessions: sessionmaker[Session], tenant: str, spec: dict[str, Any
                 return earlier, False
             if max_unfinished is not None and unfinished_count(session, tenant) >= max_unfinished:
                 raise TooManyJobs(f"a tenant may have {max_unfinished} queued or running jobs at once")
+            if check is not None:
+                check(session)
             job = Job(tenant=tenant, name=spec.get("name", "rlprune-job"), spec=spec, idempotency_key=idempotency_key,
                       request_hash=digest)
             session.add(job)

@@ -7,7 +7,8 @@ spec ever carries a path.
 The quota is enforced by a conditional insert: the row goes in only if the tenant's stored bytes plus the new
 upload's stay within the quota, checked by the same statement. SQLite runs one writer at a time, so the
 statement is atomic there; on PostgreSQL two such inserts could each read the sum before the other commits,
-so a transaction-scoped advisory lock keyed by the tenant serialises them first.
+so :func:`lock_tenant` serialises them first. Deleting an upload and accepting a job that names it take the
+same lock, so exactly one of them wins.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, insert, literal, select
+from sqlalchemy import delete, false, func, insert, literal, select, update
 from sqlalchemy.orm import Session
 
 from .models import FINISHED, Job, Upload, new_id, utcnow
@@ -47,17 +48,27 @@ def used_bytes(session: Session, tenant: str) -> int:
     return session.scalar(select(func.coalesce(func.sum(Upload.bytes), 0)).where(Upload.tenant == tenant)) or 0
 
 
-def _lock_tenant(session: Session, tenant: str) -> None:
+def lock_tenant(session: Session, tenant: str) -> None:
+    """Serialise, until this transaction ends, the tenant's changes that depend on its uploads: quota
+    checks, deletions, and jobs naming an upload (a job must never be accepted for an upload that a racing
+    DELETE removes, nor the DELETE succeed beside the job).
+
+    PostgreSQL: a transaction-scoped advisory lock keyed by the tenant. SQLite runs one writer at a time,
+    and a write that changes nothing takes the write lock for the rest of the transaction (as BEGIN
+    IMMEDIATE would); its reads then see every commit made before it.
+    """
     if session.get_bind().dialect.name == "postgresql":
         key = int.from_bytes(hashlib.sha256(f"uploads:{tenant}".encode()).digest()[:8], "big", signed=True)
         session.execute(select(func.pg_advisory_xact_lock(key)))
+    else:
+        session.execute(update(Upload).where(false()).values(bytes=Upload.bytes))
 
 
 def create_upload(session: Session, tenant: str, kind: str, size: int, sha256: str, meta: dict[str, Any],
                   quota: int, upload_id: str | None = None) -> Upload:
     """Insert the row if the tenant's uploads, this one included, fit in ``quota``; else :class:`OverQuota`.
     The caller commits, after moving the files into place (a failed move rolls the row back)."""
-    _lock_tenant(session, tenant)
+    lock_tenant(session, tenant)
     table = Upload.__table__
     values = {"id": upload_id or new_id(), "tenant": tenant, "kind": kind, "bytes": size, "sha256": sha256,
               "meta": meta, "created_at": utcnow()}
@@ -92,7 +103,7 @@ def in_use(session: Session, tenant: str, upload_id: str) -> bool:
 
 def delete_upload(session: Session, tenant: str, kind: str, upload_id: str) -> bool | None:
     """Delete the row. None: no such upload of the tenant's; False: a queued or running job uses it."""
-    _lock_tenant(session, tenant)
+    lock_tenant(session, tenant)
     if get_upload(session, tenant, kind, upload_id) is None:
         return None
     if in_use(session, tenant, upload_id):

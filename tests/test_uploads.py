@@ -8,8 +8,11 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import stat
 import tarfile
+import threading
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -53,11 +56,16 @@ def tar(files: dict[str, bytes], gz: bool = False, extra: list[tarfile.TarInfo] 
     return out.getvalue()
 
 
-def zipped(files: dict[str, bytes]) -> bytes:
+def zipped(files: dict[str, bytes], modes: dict[str, int] | None = None) -> bytes:
+    """A zip of ``files``; ``modes`` gives some members a Unix file type and mode, as Info-ZIP records it."""
     out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+    with zipfile.ZipFile(out, "w") as archive:
         for name, data in files.items():
-            archive.writestr(name, data)
+            info = zipfile.ZipInfo(name)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            if modes and name in modes:
+                info.create_system, info.external_attr = 3, modes[name] << 16
+            archive.writestr(info, data)
     return out.getvalue()
 
 
@@ -72,6 +80,10 @@ def checkpoint(floats: int = 16) -> bytes:
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
     root = tmp_path_factory.mktemp("uploads")
+    left = root / "data" / "uploads" / ".incoming" / "left-by-a-crash"  # unlocked: its process is gone
+    left.mkdir(parents=True)
+    (left / ".owner").touch()
+    (left / "body").write_bytes(b"half an upload")
     with served_api("postgresql", root, worker=True, RLPRUNE_BROKER_URL=fresh_redis(11),
                     RLPRUNE_MAX_UPLOAD_BYTES=str(MAX_UPLOAD), RLPRUNE_MAX_ARCHIVE_MEMBER_BYTES=str(MEMBER_CAP),
                     RLPRUNE_MAX_EXTRACTED_BYTES=str(2 * MEMBER_CAP), RLPRUNE_UPLOAD_QUOTA_BYTES=str(QUOTA),
@@ -104,6 +116,11 @@ def refused(response: httpx.Response, status: int, *words: str) -> str:
     assert all(word in detail for word in words), detail
     assert "/tmp" not in detail and "uploads/" not in detail, "no server path"
     return detail
+
+
+def test_the_api_sweeps_unfinished_uploads_a_stopped_process_left(service):
+    _, _, uploads = service
+    assert not (uploads / ".incoming" / "left-by-a-crash").exists()
 
 
 @pytest.mark.parametrize(("kind", "form"), [("tar", False), ("tar.gz", True), ("zip", False), ("zip", True)])
@@ -176,6 +193,10 @@ def link(name: str, target: str, kind: bytes) -> tarfile.TarInfo:
     (tar(image_folder(), extra=[link("train/cat/hard.png", "train/cat/0.png", tarfile.LNKTYPE)]),
      ["'train/cat/hard.png'", "link"]),
     (tar(image_folder(), extra=[link("train/cat/fifo.png", "", tarfile.FIFOTYPE)]), ["'train/cat/fifo.png'", "FIFO"]),
+    (zipped({**image_folder(), "train/cat/evil.png": b"/etc/passwd"}, {"train/cat/evil.png": stat.S_IFLNK | 0o777}),
+     ["'train/cat/evil.png'", "link"]),
+    (zipped({**image_folder(), "train/cat/dev.png": b""}, {"train/cat/dev.png": stat.S_IFCHR | 0o600}),
+     ["'train/cat/dev.png'", "device"]),
     (tar({k: v for k, v in image_folder().items() if not k.startswith("test/")}), ["test/"]),
     (tar({**image_folder(), "test/bird/0.png": png(1)}), ["same class folders"]),
     (tar({**image_folder(), "train/cat/notes.txt": b"hi"}), ["'train/cat/notes.txt'", "not an image"]),
@@ -234,6 +255,24 @@ def test_the_quota_counts_every_upload_of_the_tenant(service):
     assert bob.delete(f"/checkpoints/{second.json()['id']}").status_code == 204
 
 
+def test_racing_uploads_never_exceed_the_quota_together(service):
+    _, bob, uploads = service
+    big = checkpoint(floats=(QUOTA // 2) // 4)  # a little over half the quota: only one of them fits
+    before = files_under(uploads)
+    start = threading.Barrier(4)
+
+    def upload() -> httpx.Response:
+        start.wait()
+        return post_raw(bob, "/checkpoints", big, "application/octet-stream")
+
+    with ThreadPoolExecutor(4) as pool:
+        codes = sorted(r.status_code for r in pool.map(lambda _: upload(), range(4)))
+    assert codes == [201, 507, 507, 507]
+    (kept,) = bob.get("/checkpoints").json()
+    assert bob.delete(f"/checkpoints/{kept['id']}").status_code == 204
+    assert files_under(uploads) == before, "refused uploads leave nothing"
+
+
 def job(dataset_root: str, checkpoint: str | None = None) -> dict:
     """A job small enough to run in seconds on a 16x16 image folder (VGG needs 32x32: a ResNet-20 here)."""
     return tiny_spec(model={"arch": "resnet20", "width": 0.25, "checkpoint": checkpoint},
@@ -276,3 +315,37 @@ def test_a_job_trains_on_an_uploaded_dataset_and_holds_it_while_queued(service):
     done = wait_for(alice, job_id, finished, timeout=120)
     assert done["status"] == "succeeded", done.get("error")
     assert alice.delete(f"/datasets/{dataset['id']}").status_code == 204
+
+
+@pytest.mark.parametrize("database", ["postgresql", "sqlite"])
+def test_deleting_an_upload_and_submitting_a_job_that_names_it_never_both_succeed(database, tmp_path):
+    """Either the job is accepted and the delete is a 409, or the delete wins and the job is a 422. No worker
+    runs, so an accepted job stays queued for the delete to see."""
+    with served_api(database, tmp_path) as (url, _, keys):
+        clients = [httpx.Client(base_url=url, headers={"Authorization": f"Bearer {keys['alice']}"}, timeout=60)
+                   for _ in range(2)]
+        submitter, deleter = clients
+        outcomes = []
+        try:
+            for _ in range(12):
+                upload_id = post_raw(submitter, "/checkpoints", checkpoint(), "application/octet-stream").json()["id"]
+                start = threading.Barrier(2)
+
+                def submit(upload_id=upload_id, start=start) -> httpx.Response:
+                    start.wait()
+                    return submitter.post("/jobs", json=job("cifar10", f"upload:{upload_id}"))
+
+                def remove(upload_id=upload_id, start=start) -> httpx.Response:
+                    start.wait()
+                    return deleter.delete(f"/checkpoints/{upload_id}")
+
+                with ThreadPoolExecutor(2) as pool:
+                    submitted, deleted = (f.result() for f in [pool.submit(submit), pool.submit(remove)])
+                outcomes.append((submitted.status_code, deleted.status_code))
+                assert outcomes[-1] in {(202, 409), (422, 204)}, (submitted.text, deleted.text)
+                if submitted.status_code == 202:
+                    assert submitter.post(f"/jobs/{submitted.json()['id']}/cancel").status_code == 200
+                    assert deleter.delete(f"/checkpoints/{upload_id}").status_code == 204
+        finally:
+            for client in clients:
+                client.close()

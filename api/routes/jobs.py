@@ -94,13 +94,12 @@ def submit(spec: JobSpec, request: Request, response: Response, tenant: TenantDe
     _check_limits(request, spec)
     data = spec.model_dump(mode="json")
     try:
-        with _sessions(request)() as session:
-            references.resolve(session, tenant, settings.resolved_dataset_dir, settings.resolved_upload_dir, data)
+        job, _ = store.create_job(_sessions(request), tenant, data, idempotency_key, settings.max_unfinished_jobs,
+                                  check=lambda session: references.resolve(
+                                      session, tenant, settings.resolved_dataset_dir, settings.resolved_upload_dir,
+                                      data))
     except references.BadReference as exc:
         raise invalid(exc.field, exc.message) from exc
-    try:
-        job, _ = store.create_job(_sessions(request), tenant, data, idempotency_key,
-                                        settings.max_unfinished_jobs)
     except store.Conflict as exc:
         raise invalid("Idempotency-Key", str(exc)) from exc
     except store.TooManyJobs as exc:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from ..auth import TenantDep
 from ..checkpoints import tensor_count
 from ..problems import Problem, invalid
 from ..schemas import CheckpointOut, DatasetOut
+from ..scratch import Scratch
 from .jobs import JOB_ID, PROBLEM
 
 ARCHIVE_TYPES = ("application/x-tar", "application/gzip", "application/x-gzip", "application/zip")
@@ -96,9 +96,9 @@ async def _accept(request: Request, tenant: str, kind: str, raw_types: tuple[str
     settings = request.app.state.settings
     await run_in_threadpool(_check_room, request, tenant)
     upload_id = new_id()
-    scratch = intake.scratch(settings.resolved_upload_dir, upload_id)
+    scratch = Scratch(settings.resolved_upload_dir, upload_id)
     try:
-        body = scratch / "body"
+        body = scratch.path / "body"
         with body.open("xb") as out:
             received = await intake.receive(request, out, settings.max_upload_bytes, raw_types)
         try:
@@ -107,7 +107,7 @@ async def _accept(request: Request, tenant: str, kind: str, raw_types: tuple[str
             raise _refused(exc) from exc
         return await run_in_threadpool(_keep, request, tenant, kind, upload_id, source, size, received.sha256, meta)
     finally:
-        await run_in_threadpool(shutil.rmtree, scratch, True)
+        await run_in_threadpool(scratch.remove)
 
 
 @datasets.post("", status_code=201, response_model=DatasetOut, responses=UPLOAD_RESPONSES, openapi_extra={
@@ -185,10 +185,10 @@ def _read_routes(router: APIRouter, kind: str, out: type[DatasetOut] | type[Chec
                                            "finish or cancel it first")
         upload_dir = request.app.state.settings.resolved_upload_dir
         files = store.files_of(upload_dir, tenant, kind, upload_id)
-        trash = intake.scratch(upload_dir, new_id())
+        trash = Scratch(upload_dir, new_id())
         with contextlib.suppress(FileNotFoundError):  # out of sight in one rename, then removed
-            os.rename(files, trash / "gone")
-        shutil.rmtree(trash, ignore_errors=True)
+            os.rename(files, trash.path / "gone")
+        trash.remove()
         return Response(status_code=204)
 
 
