@@ -101,12 +101,15 @@ class Cells:
     def run(self, key: str, job: Callable[[], dict]) -> dict:
         if key not in self.rows:
             self.rows[key] = job()
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = self.path.with_suffix(".tmp")
-            temporary.write_text(json.dumps(self.rows, indent=1))
-            temporary.replace(self.path)
+            self.save()
             print(json.dumps(self.rows[key]), flush=True)
         return self.rows[key]
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(self.rows, indent=1))
+        temporary.replace(self.path)
 
 
 def paired(rows: list[dict], config: str, method: str) -> tuple[float, float, float] | None:

@@ -1,4 +1,5 @@
-"""Analytic MACs and parameter counts of a model as a function of its kept channel counts.
+"""Analytic MACs and parameter counts of a model as a function of its kept channel counts, and (for a
+latency budget) the target's measured latency table read through the same channel indices.
 
 Pruning changes only channel counts, so each conv/linear costs (per-pair cost) x (inputs kept) x (outputs
 kept). Recording the per-pair costs once from the real modules lets the budget fit and the search price a
@@ -7,13 +8,17 @@ candidate without building it; a test checks the result against the physically p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
 from .structure import PrunableGroup
+
+if TYPE_CHECKING:
+    from .latency import LatencyTable
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,9 @@ class CostModel:
     pair_params: np.ndarray  # (L,) weights per (input, output) channel pair
     single_index: np.ndarray  # (S,) channel counts that carry per-channel params (biases, BN affine)
     single_params: np.ndarray  # (S,)
+    layers: tuple[str, ...] = ()  # (L,) the conv/linear modules behind pair_in/pair_out, in that order
+    norms: tuple[tuple[str, int], ...] = ()  # each BatchNorm and the index of its channel count
+    latency: LatencyTable | None = None  # the target's measured table, when a budget is in latency
 
     @classmethod
     def from_model(cls, model: nn.Module, groups: list[PrunableGroup], example: torch.Tensor) -> CostModel:
@@ -54,8 +62,10 @@ class CostModel:
             return len(groups) + len(fixed) - 1
 
         pair_in, pair_out, pair_macs, pair_params, single_index, single_params = [], [], [], [], [], []
+        layers, norms = [], []
         for name, module in model.named_modules():
             if isinstance(module, nn.Conv2d | nn.Linear):
+                layers.append(name)
                 kernel = module.weight[0, 0].numel()
                 in_channels = module.weight.shape[1]  # per group: a grouped conv reads in / groups channels
                 out_channels = module.weight.shape[0]
@@ -72,16 +82,22 @@ class CostModel:
                 if module.bias is not None:
                     single_index.append(out_index)
                     single_params.append(1)
-            elif isinstance(module, nn.BatchNorm2d) and module.affine:
-                single_index.append(index(name, out_group, module.num_features))
-                single_params.append(2)
+            elif isinstance(module, nn.BatchNorm2d):
+                norms.append((name, index(name, out_group, module.num_features)))
+                if module.affine:
+                    single_index.append(norms[-1][1])
+                    single_params.append(2)
         as_int = lambda values: np.asarray(values, dtype=np.int64)  # noqa: E731
         return cls(
             group_sizes=as_int([g.size for g in groups]), fixed=as_int(fixed),
             pair_in=as_int(pair_in), pair_out=as_int(pair_out),
             pair_macs=as_int(pair_macs), pair_params=as_int(pair_params),
             single_index=as_int(single_index), single_params=as_int(single_params),
+            layers=tuple(layers), norms=tuple(norms),
         )
+
+    def with_latency(self, table: LatencyTable) -> CostModel:
+        return replace(self, latency=table)
 
     def _extended(self, counts: np.ndarray) -> np.ndarray:
         counts = np.asarray(counts, dtype=np.float64)
@@ -99,6 +115,10 @@ class CostModel:
         return weights + (self.single_params * c[..., self.single_index]).sum(-1)
 
     def cost(self, counts: np.ndarray, metric: str) -> np.ndarray:
+        if metric == "latency":
+            if self.latency is None:
+                raise ValueError("a latency budget needs the target's latency table (CostModel.with_latency)")
+            return self.latency.predict(counts)
         return self.macs(counts) if metric == "macs" else self.params(counts)
 
     def keep_fraction(self, counts: np.ndarray, metric: str) -> np.ndarray:

@@ -32,6 +32,12 @@ class BudgetError(RlpruneError, ValueError):
     code = "budget_infeasible"
 
 
+class BudgetMissedError(RlpruneError):
+    """The finished model, measured on the budget's target, is slower than the budget allows."""
+
+    code = "budget_missed"
+
+
 class CheckpointError(RlpruneError):
     """model.checkpoint is missing or does not fit the architecture.
 

@@ -8,6 +8,7 @@ neither torch nor anything heavy, so the API can build one.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ class Locations:
     checkpoint: Path | None
     allow_download: bool
     max_dataset_bytes: int | None = None
+    cache_dir: Path | None = None  # what jobs on this machine share (latency tables); None: nothing kept
 
     @classmethod
     def from_spec(cls, spec: JobSpec) -> Locations:
@@ -37,4 +39,9 @@ class Locations:
     @classmethod
     def for_dataset(cls, dataset: DatasetSpec, checkpoint: Path | None = None) -> Locations:
         """Local use when only the dataset part of a spec is at hand (loading data outside a job)."""
-        return cls(Path(dataset.root).expanduser(), checkpoint, dataset.download)
+        return cls(Path(dataset.root).expanduser(), checkpoint, dataset.download, cache_dir=user_cache_dir())
+
+
+def user_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/rlprune``, or ``~/.cache/rlprune``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rlprune"

@@ -51,6 +51,7 @@ from .export import (
     save_weights,
 )
 from .files import TEMP_SUFFIX, write_atomically
+from .latency import check_measured, load_or_build, measure_models, resolve_target, search_spec
 from .locations import Locations
 from .metrics import model_stats
 from .models import ModelConfig, build_model
@@ -111,7 +112,8 @@ class _Run:
         spec_data = spec.model_dump(mode="json")
         if self.state_path.exists():
             self.state = json.loads(self.state_path.read_text())
-            if self.state["spec"] != spec_data:
+            # compared as specs, so a field added by a later version (with its default) is no difference
+            if JobSpec.model_validate(self.state["spec"]) != spec:
                 raise WorkdirError("the work folder holds a different job; use an empty folder for a new spec")
         else:
             self.state = {"spec": spec_data, "done": {}, "timings_s": {}, "baselines": {}}
@@ -170,9 +172,26 @@ class _Run:
             raise SpecError(f"model.arch: {self.config.arch} has no channels that can be removed exactly, so it "
                             "cannot be pruned")
         self.cost = CostModel.from_model(pretrained, self.groups, self.example)
+        self.prune_spec = self.spec.prune
+        if self.spec.prune.budget.metric == "latency":
+            self.attach_latency(pretrained)
         kept = self.prune(pretrained)
         final = self.finetune(pretrained, kept)
-        return self.export(final, kept)
+        return self.export(final, kept, pretrained)
+
+    def attach_latency(self, pretrained: nn.Module) -> None:
+        """Price candidates by the target's measured latency table (this job's own copy on a resume)."""
+        self.target = resolve_target(self.spec.prune, self.device)
+        device = self.target.torch_device
+        table, cached = load_or_build(copy_to(pretrained, device), self.groups, self.cost, self.example.to(device),
+                                      self.target, self.checkpoints / "latency-table.json", self.locations.cache_dir)
+        self.cost = self.cost.with_latency(table)
+        self.prune_spec = search_spec(self.spec.prune, self.target)
+        self.latency_table = table.summary(cached)
+        how = "reused" if cached else f"measured in {table.build_seconds:.1f} s"
+        self.emit("info", "prune", f"latency table for {self.target.device} at batch {self.target.batch_size}: "
+                  f"{len(table.table)} layers, {how}; the unpruned model takes {table.reference_ms:.3f} ms", 0.0,
+                  latency_table=self.latency_table)
 
     def _train(self, model: nn.Module, stage: str, spec: TrainSpec, label: str, part: int = 0, parts: int = 1) -> None:
         def resumed(epoch: int) -> None:
@@ -223,7 +242,7 @@ class _Run:
         state_dir.mkdir(exist_ok=True)
         context = SearchContext(
             model=pretrained, groups=self.groups, cost=self.cost,
-            val=self.data.val, train=self.data.train, flip=self.data.flip, spec=self.spec.prune, device=self.device,
+            val=self.data.val, train=self.data.train, flip=self.data.flip, spec=self.prune_spec, device=self.device,
             seed=self.spec.seed, state_dir=state_dir,
             report=lambda fraction, message, data: self.emit("prune_step", "prune", message, fraction, **data),
             stop=self.stop,
@@ -269,7 +288,7 @@ class _Run:
     def _baseline(self, pretrained: nn.Module, kept: list[list[int]], name: str, part: int, parts: int) -> dict:
         """Same pretrained model and budget, finetuned the same way; ``<criterion>`` keeps equal ratios per
         layer, ``<criterion>@agent`` the agent's per-layer counts."""
-        chosen = baseline_kept(name, pretrained, self.groups, kept, self.cost, Budget.of(self.spec.prune),
+        chosen = baseline_kept(name, pretrained, self.groups, kept, self.cost, Budget.of(self.prune_spec),
                                self.spec.seed)
         pruned = prune_model(pretrained, self.groups, chosen, self.example)
         pruned_accuracy = evaluate(pruned, self.data.test, self.device)
@@ -278,14 +297,26 @@ class _Run:
         return {"pruned_accuracy": pruned_accuracy, "final_accuracy": evaluate(model, self.data.test, self.device),
                 "achieved": round(float(achieved), 6)}
 
-    def export(self, model: nn.Module, kept: list[list[int]]) -> dict[str, Any]:
+    def measure_latency_budget(self, pretrained: nn.Module, model: nn.Module, kept: list[list[int]]) -> dict:
+        """The finished model against the unpruned one on the target, timed in turns; raises when it misses."""
+        device = self.target.torch_device
+        measured = measure_models({"unpruned": copy_to(pretrained, device), "pruned": copy_to(model, device)},
+                                  self.input_shape, self.target)
+        predicted = float(self.cost.keep_fraction(np.array([len(k) for k in kept]), "latency"))
+        return check_measured(measured["unpruned"], measured["pruned"], self.spec.prune.budget.keep, predicted,
+                              self.target)
+
+    def export(self, model: nn.Module, kept: list[list[int]], pretrained: nn.Module) -> dict[str, Any]:
         began = time.perf_counter()
         self.emit("stage", "export", "exporting and verifying the pruned model")
+        self.latency_budget = None
+        if self.spec.prune.budget.metric == "latency":  # before any artifact: a miss must not look finished
+            self.latency_budget = self.measure_latency_budget(pretrained, model, kept)
         formats = self.spec.export.formats
         description = model_description(self.config, self.groups, kept, self.data.contract, self.data.classes)
         _write_json(self.dir / "model.json", description)
         save_weights(model, self.dir / "model.safetensors")
-        cpu_model = build_cpu_copy(model)
+        cpu_model = copy_to(model)
         if "pt2" in formats:
             export_pt2(cpu_model, self.data.contract, self.dir / "model.pt2")
         if "onnx" in formats:
@@ -321,11 +352,16 @@ class _Run:
         done = self.state["done"]
         baseline, final = done["pretrain"]["baseline"], done["finetune"]["final"]
         metric = self.spec.prune.budget.metric
+        budget = {"metric": metric, "keep": self.spec.prune.budget.keep}
+        if self.latency_budget is not None:
+            budget |= {**self.latency_budget, "table": self.latency_table}
+        else:
+            budget["achieved"] = final[metric] / baseline[metric]
         baselines = dict(self.state["baselines"])
         if self.spec.prune.agent in self.spec.baselines:
             baselines[self.spec.prune.agent] = {"pruned_accuracy": done["prune"]["pruned"]["accuracy"],
                                                 "final_accuracy": final["accuracy"], "same_as_agent": True,
-                                                "achieved": round(final[metric] / baseline[metric], 6)}
+                                                "achieved": round(budget["achieved"], 6)}
         return {
             "name": self.spec.name,
             "spec": self.state["spec"],
@@ -334,8 +370,7 @@ class _Run:
             "baseline": baseline,
             "pruned": done["prune"]["pruned"],
             "final": final,
-            "budget": {"metric": metric, "keep": self.spec.prune.budget.keep,
-                       "achieved": final[metric] / baseline[metric]},
+            "budget": budget,
             "layers": [{"name": g.name, "channels_before": g.size, "channels_after": len(k)}
                        for g, k in zip(self.groups, kept, strict=True)],
             "search": done["prune"]["search"],
@@ -351,6 +386,6 @@ class _Run:
         }
 
 
-def build_cpu_copy(model: nn.Module) -> nn.Module:
-    """A contiguous-format fp32 copy on the CPU, which is what exporters and other runtimes expect."""
-    return copy.deepcopy(model).to("cpu", memory_format=torch.contiguous_format).eval()
+def copy_to(model: nn.Module, device: torch.device | str = "cpu") -> nn.Module:
+    """A contiguous-format fp32 copy on ``device``: what exporters, other runtimes and latency targets see."""
+    return copy.deepcopy(model).to(device, memory_format=torch.contiguous_format).eval()

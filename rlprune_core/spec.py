@@ -133,9 +133,34 @@ class FinetuneSpec(TrainSpec):
     lr: Annotated[float, Field(gt=0.0, le=10.0)] = 0.02
 
 
+class LatencyTargetSpec(_Strict):
+    """Where a latency budget is measured."""
+
+    device: Literal["cpu", "cuda"] | None = Field(default=None, description="default: the job's device")
+    batch_size: Annotated[int, Field(ge=1, le=4096)] = 1
+    threads: Annotated[int, Field(ge=1, le=1024)] | None = Field(
+        default=None, description="CPU threads while measuring; default: what the worker has")
+
+
 class BudgetSpec(_Strict):
-    metric: Literal["macs", "params"] = "macs"
-    keep: Fraction = 0.5
+    metric: Literal["macs", "params", "latency"] = "macs"
+    keep: Fraction = Field(default=0.5, description="the fraction of the unpruned model's MACs, params or "
+                           "measured latency on the target that the pruned model may keep")
+    target: LatencyTargetSpec | None = Field(default=None, description="latency only; default: batch 1 on the "
+                                             "job's device")
+
+    @field_validator("target")
+    @classmethod
+    def _target_is_for_latency(cls, target: LatencyTargetSpec | None, info: ValidationInfo) -> LatencyTargetSpec | None:
+        if target is not None and info.data.get("metric") != "latency":
+            raise ValueError("only a latency budget is measured on a target")
+        return target
+
+    @model_validator(mode="after")
+    def _latency_has_a_target(self) -> BudgetSpec:
+        if self.metric == "latency" and self.target is None:
+            return self.model_copy(update={"target": LatencyTargetSpec()})
+        return self
 
 
 class RewardSpec(_Strict):

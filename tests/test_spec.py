@@ -40,6 +40,10 @@ def test_yaml_and_json_give_the_same_spec():
     ('{"dataset": {"max_train_samples": 100000000000000000000000}}', "dataset.max_train_samples"),
     ('{"prune": {"min_channels": 100000}}', "prune.min_channels"),
     ('{"model": {"arch": "resnet18", "width": 0.5}}', "model.width"),
+    ('{"prune": {"budget": {"target": {"batch_size": 2}}}}', "prune.budget.target"),
+    ('{"prune": {"budget": {"metric": "latency", "target": {"batch_size": 0}}}}', "prune.budget.target.batch_size"),
+    ('{"prune": {"budget": {"metric": "latency", "target": {"device": "tpu"}}}}', "prune.budget.target.device"),
+    ('{"prune": {"budget": {"metric": "flops"}}}', "prune.budget.metric"),
     ('{"model": {"arch": "mobilenet_v2"}, "dataset": {"image_size": 24}}', "dataset.image_size"),
 ])
 def test_bad_values_fail_with_a_message_naming_the_field(text, field):
@@ -114,3 +118,11 @@ def test_image_size_left_out_follows_the_architecture(arch, size):
     given = JobSpec.model_validate({"model": {"arch": arch}, "dataset": {"image_size": 64}})
     assert given.dataset.image_size == 64
     assert JobSpec.model_validate_json(given.to_json()) == given  # a stored spec reads back the same
+
+
+def test_a_latency_budget_is_measured_at_batch_one_on_the_job_s_device_unless_told():
+    budget = JobSpec.from_text("prune: {budget: {metric: latency, keep: 0.5}}").prune.budget
+    assert (budget.target.device, budget.target.batch_size, budget.target.threads) == (None, 1, None)
+    told = JobSpec.from_text('{"prune": {"budget": {"metric": "latency", "target": {"device": "cpu", '
+                             '"batch_size": 64, "threads": 4}}}}')
+    assert JobSpec.model_validate_json(told.to_json()) == told

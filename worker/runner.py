@@ -192,7 +192,8 @@ class JobRunner:
                                               self.settings.resolved_upload_dir, spec_data)
             locations = Locations(dataset_root=resolved.dataset_root, checkpoint=resolved.checkpoint,
                                   allow_download=spec.dataset.download,
-                                  max_dataset_bytes=self.settings.max_dataset_bytes)
+                                  max_dataset_bytes=self.settings.max_dataset_bytes,
+                                  cache_dir=self.settings.data_dir / "cache")
             report = run_pipeline(spec, self.workdir, self._on_event, self._should_stop, locations=locations)
             records = [*report["artifacts"], artifact_record(self.workdir / "report.json")]
         except Stopped:
