@@ -10,7 +10,6 @@ upload folder over NFS need NFSv4, whose locks are lease-based.)
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import shutil
@@ -20,7 +19,8 @@ from pathlib import Path
 from store.uploads import INCOMING
 
 OWNER = ".owner"
-# A folder without its lock file was left between mkdir and open (microseconds apart): stale after this.
+# A folder younger than this is left alone whatever its lock says: its owner may be between mkdir and flock
+# (microseconds apart), where another process's sweep could otherwise take the lock first.
 UNCLAIMED_SECONDS = 60.0
 
 
@@ -31,7 +31,11 @@ class Scratch:
         self.path = upload_dir / INCOMING / name
         self.path.mkdir(parents=True)
         self._owner = os.open(self.path / OWNER, os.O_CREAT | os.O_RDWR, 0o600)
-        fcntl.flock(self._owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            fcntl.flock(self._owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self._owner)
+            raise
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
@@ -45,12 +49,12 @@ def sweep(upload_dir: Path) -> int:
     entries = list(incoming.iterdir()) if incoming.is_dir() else []
     for entry in entries:
         try:
+            if time.time() - entry.stat().st_mtime < UNCLAIMED_SECONDS:
+                continue
             owner = os.open(entry / OWNER, os.O_RDWR)
         except FileNotFoundError:
-            with contextlib.suppress(FileNotFoundError):
-                if time.time() - entry.stat().st_mtime > UNCLAIMED_SECONDS:
-                    shutil.rmtree(entry, ignore_errors=True)
-                    removed += 1
+            shutil.rmtree(entry, ignore_errors=True)  # left between mkdir and open, long ago
+            removed += 1
             continue
         except (NotADirectoryError, PermissionError):
             continue

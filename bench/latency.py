@@ -14,7 +14,7 @@ measured. Both use the ``random-search`` agent at the same evaluations and finet
 final models are timed against the unpruned one afterwards, so the table shows the speeds actually
 reached next to the accuracies. Selection never looks at the test set.
 
-Jobs cache in ``bench/results/latency_cells.json`` and resume from their folders: run again to continue.
+Jobs cache in ``bench/results/<name>_cells.json`` and resume from their folders: run again to continue.
 
     uv run python -m bench.latency [--seeds 0] [--allocations 20] [--skip-jobs]
 """
@@ -129,7 +129,7 @@ def job_cells(name: str, seed: int, batch: int, threads: int, cells: Cells, work
 
     def macs_job() -> dict:
         model, groups, cost, example = _model(name)
-        table, _ = load_or_build(model, groups, cost, example, target, workdir / "scratch-table.json",
+        table, _ = load_or_build(model, groups, cost, example, target, workdir / f"{name}-b{batch}-table.json",
                                  workdir / "cache")
         priced = cost.with_latency(table)
         counts = project_counts(cost.group_sizes.astype(float), priced, Budget("latency", latency["job_latency_kept"]))
@@ -182,6 +182,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--pretrain-epochs", type=int, default=PRETRAIN["epochs"])
     parser.add_argument("--skip-jobs", action="store_true", help="part 1 only")
+    parser.add_argument("--name", default="latency", help="results file stem; use another for trial runs")
     parser.add_argument("--workdir", type=Path, default=Path("runs/bench-latency"))
     args = parser.parse_args()
     began = time.perf_counter()
@@ -190,7 +191,7 @@ def main() -> None:
         print(json.dumps({k: v for k, v in cell.items() if k != "allocations"}), flush=True)
     rows: list[dict] = []
     if not args.skip_jobs:
-        cells = Cells(RESULTS / "latency_cells.json")
+        cells = Cells(RESULTS / f"{args.name}_cells.json")
         for name in args.models:
             for seed in args.seeds:
                 for batch in args.batches:
@@ -211,7 +212,7 @@ def main() -> None:
                      f"unpruned one in interleaved rounds. One test accuracy carries about ±1.4 points of noise "
                      f"(1,017 test images).\n\n{job_table(rows)}\n\n")
     markdown += f"Environment: {data['environment']}; wall time {data['wall_s']} s.\n"
-    write_results("latency", data, markdown)
+    write_results(args.name, data, markdown)
     print(markdown)
 
 

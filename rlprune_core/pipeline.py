@@ -35,7 +35,7 @@ from torch import nn
 
 from . import __version__
 from .agents import SearchContext, get_agent
-from .agents.base import CALIBRATION_IMAGES
+from .agents.base import CALIBRATION_IMAGES, SearchResult
 from .checkpoint import load_checkpoint
 from .cost import CostModel
 from .data import Dataset, load_dataset
@@ -51,11 +51,11 @@ from .export import (
     save_weights,
 )
 from .files import TEMP_SUFFIX, write_atomically
-from .latency import check_measured, load_or_build, measure_models, resolve_target, search_spec
+from .latency import check_measured, load_or_build, measure_models, meet_measured, resolve_target, search_spec
 from .locations import Locations
 from .metrics import model_stats
 from .models import ModelConfig, build_model
-from .selection import Budget, baseline_kept
+from .selection import Budget, baseline_kept, channel_scores
 from .spec import JobSpec, TrainSpec
 from .structure import find_groups
 from .surgery import prune_model
@@ -181,10 +181,12 @@ class _Run:
 
     def attach_latency(self, pretrained: nn.Module) -> None:
         """Price candidates by the target's measured latency table (this job's own copy on a resume)."""
-        self.target = resolve_target(self.spec.prune, self.device)
-        device = self.target.torch_device
+        target = resolve_target(self.spec.prune, self.device)
+        device = target.torch_device
         table, cached = load_or_build(copy_to(pretrained, device), self.groups, self.cost, self.example.to(device),
-                                      self.target, self.checkpoints / "latency-table.json", self.locations.cache_dir)
+                                      target, self.checkpoints / "latency-table.json", self.locations.cache_dir,
+                                      self.stop)
+        self.target = table.target  # on a resume, the target the search began with
         self.cost = self.cost.with_latency(table)
         self.prune_spec = search_spec(self.spec.prune, self.target)
         self.latency_table = table.summary(cached)
@@ -248,6 +250,9 @@ class _Run:
             stop=self.stop,
         )
         result = get_agent(self.spec.prune.agent).search(context)
+        if self.spec.prune.budget.metric == "latency":
+            kept, checks = self.meet_measured(pretrained, result.kept)
+            result = SearchResult(kept, {**result.summary, "latency_checks": checks})
         pruned = prune_model(pretrained, self.groups, result.kept, self.example)
         stats = model_stats(pruned, self.input_shape, evaluate(pruned, self.data.test, self.device))
         _write_json(selection, {"kept": result.kept, "groups": [g.name for g in self.groups]})
@@ -290,12 +295,22 @@ class _Run:
         layer, ``<criterion>@agent`` the agent's per-layer counts."""
         chosen = baseline_kept(name, pretrained, self.groups, kept, self.cost, Budget.of(self.prune_spec),
                                self.spec.seed)
+        checks = []
+        if self.spec.prune.budget.metric == "latency":  # measured and fitted like the agent's network
+            chosen, checks = self.meet_measured(pretrained, chosen)
         pruned = prune_model(pretrained, self.groups, chosen, self.example)
         pruned_accuracy = evaluate(pruned, self.data.test, self.device)
         model = self._finetune(pretrained, chosen, name, part, parts)
-        achieved = self.cost.keep_fraction(np.array([len(k) for k in chosen]), self.spec.prune.budget.metric)
+        achieved = checks[-1]["measured"] if checks else self.cost.keep_fraction(
+            np.array([len(k) for k in chosen]), self.spec.prune.budget.metric)
         return {"pruned_accuracy": pruned_accuracy, "final_accuracy": evaluate(model, self.data.test, self.device),
                 "achieved": round(float(achieved), 6)}
+
+    def meet_measured(self, pretrained: nn.Module, kept: list[list[int]]) -> tuple[list[list[int]], list[dict]]:
+        device = self.target.torch_device
+        return meet_measured(copy_to(pretrained, device), self.groups, kept, self.cost, Budget.of(self.prune_spec),
+                             channel_scores(pretrained, self.groups, self.prune_spec.criterion, self.spec.seed),
+                             self.example.to(device), self.target, self.stop)
 
     def measure_latency_budget(self, pretrained: nn.Module, model: nn.Module, kept: list[list[int]]) -> dict:
         """The finished model against the unpruned one on the target, timed in turns; raises when it misses."""

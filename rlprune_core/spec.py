@@ -23,9 +23,11 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -149,6 +151,13 @@ class BudgetSpec(_Strict):
     target: LatencyTargetSpec | None = Field(default=None, description="latency only; default: batch 1 on the "
                                              "job's device")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _latency_has_a_target(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("metric") == "latency" and data.get("target") is None:
+            return {**data, "target": {}}
+        return data
+
     @field_validator("target")
     @classmethod
     def _target_is_for_latency(cls, target: LatencyTargetSpec | None, info: ValidationInfo) -> LatencyTargetSpec | None:
@@ -156,11 +165,14 @@ class BudgetSpec(_Strict):
             raise ValueError("only a latency budget is measured on a target")
         return target
 
-    @model_validator(mode="after")
-    def _latency_has_a_target(self) -> BudgetSpec:
-        if self.metric == "latency" and self.target is None:
-            return self.model_copy(update={"target": LatencyTargetSpec()})
-        return self
+    @model_serializer(mode="wrap")
+    def _without_an_unused_target(self, handler: SerializerFunctionWrapHandler) -> dict:
+        """A MACs or params budget serialises as before targets existed, so stored specs, their hashes
+        (Idempotency-Key) and resumed work folders compare equal across versions."""
+        data = handler(self)
+        if data.get("target") is None:
+            data.pop("target", None)
+        return data
 
 
 class RewardSpec(_Strict):
@@ -225,7 +237,7 @@ class JobSpec(_Strict):
         if not isinstance(data, dict):
             return data
         model, dataset = data.get("model", {}), data.get("dataset", {})
-        arch = model.get("arch", "vgg16") if isinstance(model, dict) else None
+        arch = model.get("arch", "vgg16") if isinstance(model, dict) else getattr(model, "arch", None)
         if isinstance(arch, str) and isinstance(dataset, dict) and "image_size" not in dataset:
             data = {**data, "dataset": {**dataset, "image_size": default_image_size(arch)}}
         return data

@@ -26,6 +26,12 @@ def report_summary(report: dict) -> Group:
                      lambda b=batch: f"{before['latency_ms'][b] / final['latency_ms'][b]:.2f}x faster"))
     for label, cell, ratio in rows:
         table.add_row(label, cell(before), cell(pruned), cell(final), ratio())
+    budget = report.get("budget", {})
+    if budget.get("metric") == "latency":
+        target, measured = budget["target"], budget["latency_ms"]
+        table.add_row(f"latency on {target['device']}, batch {target['batch_size']} (ms)",
+                      f"{measured['unpruned']:.2f}", "", f"{measured['pruned']:.2f}",
+                      f"{budget['achieved']:.3f}x (table: {budget['predicted']:.3f}x, budget {budget['keep']:.3f}x)")
     for name, result in report.get("baselines", {}).items():
         table.add_row(f"{name} baseline accuracy", "", f"{result['pruned_accuracy']:.2%}",
                       f"{result['final_accuracy']:.2%}", "")

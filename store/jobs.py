@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from . import webhooks
 from .db import transaction
 from .models import FINISHED, LEASED, ApiKey, Artifact, Job, JobEvent, JobStatus, WorkerBeat, utcnow
+from .uploads import lock_tenant
 
 KEY_PREFIX = "rlp_"
 
@@ -95,12 +96,15 @@ def create_job(sessions: sessionmaker[Session], tenant: str, spec: dict[str, Any
     Returns (job, created), committed. The same key with a different spec is a :class:`Conflict`; a tenant
     at its cap of unfinished jobs gets :class:`TooManyJobs`. Two requests racing with one key both end
     with the one job: the loser's insert hits the unique constraint, and it then reads the winner's row.
-    ``check`` runs in the inserting transaction (the spec's references, which lock what they name); what it
-    raises rolls the insert back and reaches the caller.
+    The transaction first takes the tenant's lock (:func:`store.uploads.lock_tenant`), so the cap holds
+    under racing submissions and a job naming an upload never lands beside that upload's deletion.
+    ``check`` (the spec's references) runs under it; what it raises rolls the insert back and reaches the
+    caller.
     """
     digest = spec_hash(spec)
     try:
         with transaction(sessions) as session:
+            lock_tenant(session, tenant)
             if idempotency_key is not None and (earlier := _idempotent(session, tenant, idempotency_key, digest)):
                 return earlier, False
             if max_unfinished is not None and unfinished_count(session, tenant) >= max_unfinished:

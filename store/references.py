@@ -47,7 +47,6 @@ class Resolved:
 
 
 def _upload(session: Session, tenant: str, upload_dir: Path, kind: str, field: str, reference: str) -> Path:
-    uploads.lock_tenant(session, tenant)  # held until the job is committed: a racing DELETE waits, then sees it
     match = uploads.REFERENCE.fullmatch(reference)
     if match is None or uploads.get_upload(session, tenant, kind, match["id"]) is None:
         raise BadReference(field, f"names no {kind} upload of yours")
@@ -92,6 +91,6 @@ def checkpoint(session: Session, tenant: str, upload_dir: Path, spec: dict[str, 
 def resolve(session: Session, tenant: str, dataset_dir: Path, upload_dir: Path, spec: dict[str, Any]) -> Resolved:
     """Check every reference in ``spec`` (a validated spec as JSON) for ``tenant``; raises
     :class:`BadReference` naming the first bad field. ``upload_dir`` is where tenants' uploads live.
-    Run it in the transaction that inserts the job: a named upload stays locked until that commits."""
+    Accepting a job runs it inside :func:`store.jobs.create_job`, under the tenant's upload lock."""
     return Resolved(dataset_root(session, tenant, dataset_dir, upload_dir, spec),
                     checkpoint(session, tenant, upload_dir, spec))

@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     max_epochs: int = Field(500, ge=0, description="pretrain.epochs and finetune.epochs, each")
     max_search_steps: int = Field(2000, ge=1, description="prune.steps")
     max_samples_per_step: int = Field(256, ge=2, description="prune.samples_per_step")
+    max_latency_batch_size: int = Field(256, ge=1, description="prune.budget.target.batch_size")
     max_event_rows: int = Field(5000, ge=100, description="per job; progress events past it are not stored")
 
     # Uploads (POST /datasets, /checkpoints). The archive caps are the zip and tar bomb defence: they count

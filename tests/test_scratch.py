@@ -27,6 +27,9 @@ def test_a_dead_process_s_upload_is_swept_and_a_living_one_s_is_not(tmp_path):
     try:
         assert holder.stdout.readline().strip() == "holding"
         ours = Scratch(tmp_path, "this-process")
+        past = time.time() - UNCLAIMED_SECONDS - 5  # old enough that only the locks decide
+        for folder in (held, ours.path):
+            os.utime(folder, (past, past))
         assert sweep(tmp_path) == 0
         assert held.is_dir() and ours.path.is_dir()
         holder.send_signal(signal.SIGKILL)  # dies mid-upload, as in a crash
@@ -38,6 +41,13 @@ def test_a_dead_process_s_upload_is_swept_and_a_living_one_s_is_not(tmp_path):
     finally:
         holder.kill()
         holder.wait(timeout=10)
+
+
+def test_a_young_folder_is_left_alone_whatever_its_lock_says(tmp_path):
+    young = tmp_path / INCOMING / "between-mkdir-and-flock"
+    young.mkdir(parents=True)
+    (young / OWNER).touch()  # unlocked, as for the microseconds before its owner locks it
+    assert sweep(tmp_path) == 0 and young.is_dir()
 
 
 def test_a_folder_left_before_its_lock_existed_goes_once_it_is_old(tmp_path):

@@ -8,9 +8,11 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import os
 import stat
 import tarfile
 import threading
+import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +23,8 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import save
+
+from api.scratch import UNCLAIMED_SECONDS
 
 from .conftest import tiny_spec
 from .support.databases import fresh_redis
@@ -84,6 +88,8 @@ def service(tmp_path_factory):
     left.mkdir(parents=True)
     (left / ".owner").touch()
     (left / "body").write_bytes(b"half an upload")
+    past = time.time() - UNCLAIMED_SECONDS - 5
+    os.utime(left, (past, past))
     with served_api("postgresql", root, worker=True, RLPRUNE_BROKER_URL=fresh_redis(11),
                     RLPRUNE_MAX_UPLOAD_BYTES=str(MAX_UPLOAD), RLPRUNE_MAX_ARCHIVE_MEMBER_BYTES=str(MEMBER_CAP),
                     RLPRUNE_MAX_EXTRACTED_BYTES=str(2 * MEMBER_CAP), RLPRUNE_UPLOAD_QUOTA_BYTES=str(QUOTA),

@@ -75,7 +75,10 @@ def _check_limits(request: Request, spec: JobSpec) -> None:
                                 ("finetune.epochs", spec.finetune.epochs, settings.max_epochs),
                                 ("prune.steps", spec.prune.steps, settings.max_search_steps),
                                 ("prune.samples_per_step", spec.prune.samples_per_step,
-                                 settings.max_samples_per_step)):
+                                 settings.max_samples_per_step),
+                                ("prune.budget.target.batch_size",
+                                 spec.prune.budget.target.batch_size if spec.prune.budget.target else 0,
+                                 settings.max_latency_batch_size)):
         if value > limit:
             raise invalid(field, f"this service allows at most {limit}")
     needed = dataset_bytes(spec.dataset)
