@@ -79,19 +79,21 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> nn.Mod
     return model.to(device).eval()
 
 
-def export_pt2(model: nn.Module, contract: InputContract, path: Path) -> None:
+def export_program(model: nn.Module, contract: InputContract) -> torch.export.ExportedProgram:
+    """The model traced once by ``torch.export`` with a dynamic batch dimension: ``model.pt2`` is this program,
+    and ``model.onnx`` is converted from it rather than traced again (the trace is most of either's cost)."""
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-    program = torch.export.export(model.cpu().eval(), (example_input(contract, 2),), dynamic_shapes=({0: batch},))
+    return torch.export.export(model.cpu().eval(), (example_input(contract, 2),), dynamic_shapes=({0: batch},))
+
+
+def export_pt2(program: torch.export.ExportedProgram, path: Path) -> None:
     write_serialized(path, lambda buffer: torch.export.save(program, buffer))
 
 
-def export_onnx(model: nn.Module, contract: InputContract, path: Path) -> None:
-    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-    program = torch.onnx.export(
-        model.cpu().eval(), (example_input(contract, 2),), dynamo=True, dynamic_shapes=({0: batch},),
-        input_names=["input"], output_names=["logits"], verbose=False,
-    )
-    write_atomically(path, lambda tmp: program.save(str(tmp), external_data=False))
+def export_onnx(program: torch.export.ExportedProgram, path: Path) -> None:
+    onnx_program = torch.onnx.export(program, dynamo=True, input_names=["input"], output_names=["logits"],
+                                     verbose=False)
+    write_atomically(path, lambda tmp: onnx_program.save(str(tmp), external_data=False))
 
 
 def artifact_record(path: Path) -> dict:

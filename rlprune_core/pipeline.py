@@ -46,6 +46,7 @@ from .export import (
     artifact_record,
     example_input,
     export_onnx,
+    export_program,
     export_pt2,
     model_description,
     save_weights,
@@ -332,10 +333,12 @@ class _Run:
         _write_json(self.dir / "model.json", description)
         save_weights(model, self.dir / "model.safetensors")
         cpu_model = copy_to(model)
-        if "pt2" in formats:
-            export_pt2(cpu_model, self.data.contract, self.dir / "model.pt2")
-        if "onnx" in formats:
-            export_onnx(cpu_model, self.data.contract, self.dir / "model.onnx")
+        if "pt2" in formats or "onnx" in formats:
+            program = export_program(cpu_model, self.data.contract)
+            if "pt2" in formats:
+                export_pt2(program, self.dir / "model.pt2")
+            if "onnx" in formats:
+                export_onnx(program, self.dir / "model.onnx")
         done = self.state["done"]
         final = done["finetune"]["final"]
         verification = verify_artifacts(self.dir, formats, self.data.test, final["accuracy"], self.device)

@@ -7,7 +7,14 @@ import torch
 
 from rlprune_core import load_model
 from rlprune_core.data import InputContract
-from rlprune_core.export import artifact_record, export_onnx, export_pt2, model_description, save_weights
+from rlprune_core.export import (
+    artifact_record,
+    export_onnx,
+    export_program,
+    export_pt2,
+    model_description,
+    save_weights,
+)
 from rlprune_core.models import ModelConfig, build_model
 from rlprune_core.selection import select_random
 from rlprune_core.structure import find_groups
@@ -29,8 +36,9 @@ def exported(tmp_path_factory):
     description = model_description(config, groups, kept, CONTRACT, list("0123456789"))
     (folder / "model.json").write_text(json.dumps(description))
     save_weights(pruned, folder / "model.safetensors")
-    export_pt2(pruned, CONTRACT, folder / "model.pt2")
-    export_onnx(pruned, CONTRACT, folder / "model.onnx")
+    program = export_program(pruned, CONTRACT)
+    export_pt2(program, folder / "model.pt2")
+    export_onnx(program, folder / "model.onnx")
     return folder, pruned
 
 

@@ -11,7 +11,7 @@ import torch
 from rlprune_core import load_model
 from rlprune_core.cost import CostModel
 from rlprune_core.data import InputContract
-from rlprune_core.export import export_onnx, export_pt2, model_description, save_weights
+from rlprune_core.export import export_onnx, export_program, export_pt2, model_description, save_weights
 from rlprune_core.masking import masked
 from rlprune_core.metrics import count_macs, count_params
 from rlprune_core.models import TORCHVISION_ARCHS, ModelConfig
@@ -53,8 +53,9 @@ def test_torchvision_model_prunes_exactly_and_exports(arch, tmp_path):
     (tmp_path / "model.json").write_text(json.dumps(model_description(config, groups, kept, CONTRACT,
                                                                       list("0123456789"))))
     save_weights(pruned, tmp_path / "model.safetensors")
-    export_pt2(pruned, CONTRACT, tmp_path / "model.pt2")
-    export_onnx(pruned, CONTRACT, tmp_path / "model.onnx")
+    program = export_program(pruned, CONTRACT)
+    export_pt2(program, tmp_path / "model.pt2")
+    export_onnx(program, tmp_path / "model.onnx")
     x = torch.randn(3, 3, SIZE, SIZE)  # another batch size than the exporters traced
     loaded = load_model(tmp_path)
     with torch.no_grad():
