@@ -165,3 +165,19 @@ def test_a_model_slower_than_its_budget_fails_the_job_before_any_artifact(tmp_pa
     with pytest.raises(BudgetMissedError, match=r"over the budget of 50\.0%"):
         run_pipeline(spec, tmp_path)
     assert not (tmp_path / "model.safetensors").exists() and not (tmp_path / "report.json").exists()
+
+
+@pytest.mark.parametrize("arch", ["resnet20", "mobilenet_v3_small"])
+def test_a_table_prices_residual_depthwise_and_gated_networks(arch, tmp_path):
+    """Residual sums, depthwise convs and squeeze-excitation gates: every layer and norm has an entry, and
+    any allocation gets a finite, positive price."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch, 10, 3, 1.0 if arch == "mobilenet_v3_small" else 0.5)).eval()
+    example = torch.zeros(1, 3, 32, 32)
+    groups = find_groups(model, example)
+    cost = CostModel.from_model(model, groups, example)
+    table, _ = load_or_build(model, groups, cost, example, TARGET, tmp_path / "job.json", None)
+    assert len(table.table) == len(cost.layers) + len(cost.norms)
+    rng = np.random.default_rng(0)
+    counts = np.stack([rng.integers(1, cost.group_sizes + 1) for _ in range(8)])
+    assert np.isfinite(table.predict(counts)).all() and (table.predict(counts) > 0).all()

@@ -26,6 +26,9 @@ CONTRACT = InputContract(channels=3, size=SIZE, mean=[0.5] * 3, std=[0.25] * 3, 
 # The large ones take tens of seconds each (vgg16_bn is 134 M parameters): CI runs them, `-m "not heavy"` skips.
 HEAVY = {"resnet50", "vgg16_bn", "efficientnet_b0", "mobilenet_v3_large", "resnet34"}
 ARCH_PARAMS = [pytest.param(a, marks=[pytest.mark.heavy] if a in HEAVY else []) for a in TORCHVISION_ARCHS]
+# Deeper or wider variants of families exported above: the ONNX conversion (most of a test's time) adds
+# nothing their smaller siblings do not cover, so they are checked up to the exported program.
+PROGRAM_ONLY = {"resnet34", "mobilenet_v3_large"}
 
 
 @pytest.mark.parametrize("arch", ARCH_PARAMS)
@@ -55,13 +58,15 @@ def test_torchvision_model_prunes_exactly_and_exports(arch, tmp_path):
     save_weights(pruned, tmp_path / "model.safetensors")
     program = export_program(pruned, CONTRACT)
     export_pt2(program, tmp_path / "model.pt2")
-    export_onnx(program, tmp_path / "model.onnx")
     x = torch.randn(3, 3, SIZE, SIZE)  # another batch size than the exporters traced
     loaded = load_model(tmp_path)
     with torch.no_grad():
         reference = pruned(x)
         assert torch.allclose(loaded(x), reference, atol=1e-5)
         assert torch.allclose(torch.export.load(str(tmp_path / "model.pt2")).module()(x), reference, atol=1e-4)
+    if arch in PROGRAM_ONLY:
+        return
+    export_onnx(program, tmp_path / "model.onnx")
     session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     (logits,) = session.run(None, {"input": x.numpy()})
     assert np.allclose(logits, reference.numpy(), atol=1e-4)
