@@ -34,6 +34,7 @@ from . import __version__
 from .cost import CostModel
 from .errors import BudgetError, BudgetMissedError, SpecError
 from .files import write_atomically
+from .metrics import synchronize
 from .selection import Budget, project_counts
 from .spec import LatencyTargetSpec, PruneSpec
 from .structure import PrunableGroup
@@ -144,11 +145,6 @@ def on_target(target: Target) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_call(fn, device: torch.device, warmup: int, repeats: int, warmup_s: float = 0.0) -> list[float]:
     """Milliseconds of each of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones (and at least
     ``warmup_s`` seconds of them: a first call allocates, and a CPU takes a moment to reach its clock)."""
@@ -157,12 +153,12 @@ def time_call(fn, device: torch.device, warmup: int, repeats: int, warmup_s: flo
     while calls < warmup or time.perf_counter() - began < warmup_s:
         fn()
         calls += 1
-    _sync(device)
+    synchronize(device)
     times = []
     for _ in range(repeats):
         began = time.perf_counter()
         fn()
-        _sync(device)
+        synchronize(device)
         times.append((time.perf_counter() - began) * 1000)
     return times
 

@@ -49,7 +49,8 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     return total
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for queued CUDA work, so a timing ends when the work does."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -68,13 +69,13 @@ def measure_latency(model: nn.Module, input_shape: tuple[int, ...], batch: int, 
     x = torch.randn(batch, *input_shape, device=device)
     for _ in range(warmup):
         model(x)
-    _sync(device)
+    synchronize(device)
     times: list[float] = []
     started = time.perf_counter()
     while len(times) < repeats and (len(times) < 3 or time.perf_counter() - started < budget_s):
         begin = time.perf_counter()
         model(x)
-        _sync(device)
+        synchronize(device)
         times.append((time.perf_counter() - begin) * 1000)
     model.train(was_training)
     return statistics.median(times)
