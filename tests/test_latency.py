@@ -12,7 +12,7 @@ import torch
 
 from rlprune_core import run_pipeline
 from rlprune_core.cost import CostModel
-from rlprune_core.errors import BudgetError, BudgetMissedError
+from rlprune_core.errors import BudgetError, BudgetMissedError, SpecError
 from rlprune_core.latency import (
     GRID_POINTS,
     TOLERANCE,
@@ -23,9 +23,11 @@ from rlprune_core.latency import (
     check_measured,
     fingerprint,
     load_or_build,
+    resolve_target,
 )
 from rlprune_core.models import ModelConfig, build_model
 from rlprune_core.selection import Budget, project_counts
+from rlprune_core.spec import JobSpec
 from rlprune_core.structure import find_groups
 
 from .conftest import tiny_spec
@@ -181,3 +183,11 @@ def test_a_table_prices_residual_depthwise_and_gated_networks(arch, tmp_path):
     rng = np.random.default_rng(0)
     counts = np.stack([rng.integers(1, cost.group_sizes + 1) for _ in range(8)])
     assert np.isfinite(table.predict(counts)).all() and (table.predict(counts) > 0).all()
+
+
+def test_a_target_with_more_threads_than_the_worker_has_cores_is_refused_where_the_job_runs():
+    spec = JobSpec.model_validate({"prune": {"budget": {"metric": "latency", "target": {"threads": 1024}}}})
+    with pytest.raises(SpecError, match=r"prune\.budget\.target\.threads"):
+        resolve_target(spec.prune, torch.device("cpu"))
+    default = JobSpec.model_validate({"prune": {"budget": {"metric": "latency"}}})
+    assert resolve_target(default.prune, torch.device("cpu")) == Target("cpu", 1, torch.get_num_threads())
