@@ -34,8 +34,12 @@ def parser() -> argparse.ArgumentParser:
 
 def run_command(args: argparse.Namespace) -> int:
     spec = JobSpec.from_file(args.spec)
-    from .events import Event, Stopped  # torch loads here, after the spec is known to be good
-    from .pipeline import run_pipeline
+    try:  # torch loads here, after the spec is known to be good
+        from .events import Event, Stopped
+        from .pipeline import run_pipeline
+    except ModuleNotFoundError as missing:
+        raise RlpruneError(f"rlprune run needs the worker extra ({missing.name} is not installed): "
+                           "pip install 'rlprune[worker]'") from None
 
     with Progress(TextColumn("[bold]{task.fields[stage]:<9}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
                   TimeElapsedColumn(), TextColumn("{task.description}"), console=console,

@@ -6,6 +6,7 @@ import importlib
 import json
 import re
 import shutil
+import subprocess
 import sys
 import tomllib
 from importlib.metadata import entry_points
@@ -17,7 +18,7 @@ import yaml
 
 from store.settings import Settings
 
-from .conftest import REPO
+from .conftest import REPO, tiny_spec
 
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 PROJECT_SERVICES = ["migrate", "api", "worker"]
@@ -53,18 +54,28 @@ def test_every_service_command_exists_in_the_project(service):
     _check_command(COMPOSE["services"][service]["command"])
 
 
-def test_the_image_copies_what_exists_and_runs_a_real_command():
-    dockerfile = (REPO / "Dockerfile.gpu").read_text()
-    for source in re.findall(r"^COPY (?!--from)(.+?) \S+$", dockerfile, flags=re.MULTILINE):
-        for path in source.split():
-            assert (REPO / path).exists(), path
+@pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.gpu"])
+def test_the_images_copy_what_exists_and_run_a_real_command(name):
+    dockerfile = (REPO / name).read_text()
     copied = {path for source in re.findall(r"^COPY (?!--from)(.+?) \S+$", dockerfile, flags=re.MULTILINE)
               for path in source.split()}
+    assert all((REPO / path).exists() for path in copied), copied
     packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["hatch"]["build"]["targets"]["wheel"]
     assert set(packages["packages"]) <= copied, "the image must copy every package the project builds"
     assert "examples" in copied  # the dashboard offers them
     assert re.search(r"^USER (?!root)\w+", dockerfile, flags=re.MULTILINE)
+    # installs from the lock, keeps no download cache, and only the worker image has the ML stack
+    syncs = re.findall(r"uv sync (.+)", dockerfile)
+    assert syncs and all("--frozen" in s and "--no-cache" in s and "--no-dev" in s for s in syncs)
+    assert all(("--extra worker" in s) == (name == "Dockerfile.gpu") for s in syncs)
     _check_command(json.loads(re.search(r"^CMD (.+)$", dockerfile, flags=re.MULTILINE).group(1)))
+
+
+def test_the_api_and_migrations_run_from_the_api_image_and_workers_from_the_worker_image():
+    services = COMPOSE["services"]
+    assert services["migrate"]["build"]["dockerfile"] == "Dockerfile"
+    assert services["worker"]["build"]["dockerfile"] == "Dockerfile.gpu"
+    assert services["api"]["image"] == services["migrate"]["image"] != services["worker"]["image"]
 
 
 def test_env_example_documents_every_setting():
@@ -80,3 +91,61 @@ def test_secrets_and_environments_stay_out_of_git_and_of_the_image():
     left_out_of_builds = (REPO / ".dockerignore").read_text().split()
     assert ".env" in ignored_by_git
     assert {".env", ".venv", ".git", "rlprune-data"} <= set(left_out_of_builds)
+
+
+
+# A fresh interpreter in which every module that only the ``worker`` extra installs fails to import, as in
+# the API image: a key is created, the app answers, and a job is accepted and queued.
+WITHOUT_WORKER_EXTRA = """
+import contextlib, importlib.metadata, io, json, sys
+from pathlib import Path
+
+blocked = set(json.loads(sys.argv[1]))
+top_level = {module for module, dists in importlib.metadata.packages_distributions().items()
+             if {d.lower().replace("_", "-") for d in dists} & blocked}
+
+
+class WorkerExtraMissing:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in top_level:
+            raise ModuleNotFoundError(f"No module named {name!r}")
+
+
+sys.meta_path.insert(0, WorkerExtraMissing())
+from service.cli import main
+from starlette.testclient import TestClient
+from api.app import create_app
+from store.settings import Settings
+
+data = Path(sys.argv[2])
+printed = io.StringIO()
+with contextlib.redirect_stdout(printed):
+    assert main(["keys", "create", "--tenant", "ci", "--name", "ci", "--data-dir", str(data)]) == 0
+headers = {"Authorization": "Bearer " + printed.getvalue().split()[0]}
+with TestClient(create_app(Settings(data_dir=data))) as client:
+    assert client.get("/healthz").status_code == 200
+    created = client.post("/jobs", json=json.loads(sys.argv[3]), headers=headers)
+    assert created.status_code == 202, created.text
+    assert client.get("/jobs/" + created.json()["id"], headers=headers).json()["status"] == "queued"
+assert not {m.split(".")[0] for m in sys.modules} & top_level
+"""
+
+
+def _worker_only_distributions() -> list[str]:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+
+    def name(requirement: str) -> str:
+        return re.split(r"[\s<>=!~;\[]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+    base = {name(r) for r in project["dependencies"]}
+    return sorted({name(r) for r in project["optional-dependencies"]["worker"]} - base)
+
+
+def test_the_api_the_cli_and_the_client_need_no_worker_extra(tmp_path):
+    """The API image installs the project without the ``worker`` extra: torch must never be needed there."""
+    blocked = _worker_only_distributions()
+    assert {"torch", "torchvision", "onnxruntime"} <= set(blocked)
+    spec = tiny_spec().model_dump(mode="json")
+    result = subprocess.run([sys.executable, "-c", WITHOUT_WORKER_EXTRA, json.dumps(blocked), str(tmp_path),
+                             json.dumps(spec)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]

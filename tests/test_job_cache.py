@@ -151,8 +151,10 @@ def test_a_dropped_listening_connection_never_serves_a_stale_job(api):
         job_id = submit(alice)
         alice.get(f"/jobs/{job_id}"), alice.get(f"/jobs/{job_id}")
         with transaction(sessions) as session:
+            # this test's database only: other modules' APIs listen on the same server meanwhile
             killed = session.execute(text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                                          "WHERE application_name = 'rlprune-job-cache'")).scalar_one()
+                                          "WHERE application_name = 'rlprune-job-cache' "
+                                          "AND datname = current_database()")).scalar_one()
         assert killed == 1
         change(sessions, job_id)
         assert read_until(alice, job_id, database, lambda job: job["status"] == "running")["status"] == "running"

@@ -18,6 +18,7 @@ import yaml
 
 from .conftest import REPO, tiny_spec
 from .support.browser import Browser, find_chromium
+from .support.databases import fresh_redis
 from .support.jobs import all_events, finished, wait_for
 from .support.serving import served_api
 
@@ -41,7 +42,7 @@ def chromium() -> str:
 @pytest.fixture(scope="module")
 def service(chromium, tmp_path_factory):
     """API + one worker on a SQLite store; yields (base URL, key, client with that key)."""
-    settings = {"RLPRUNE_LEASE_SECONDS": "4", "RLPRUNE_HEARTBEAT_SECONDS": "1",
+    settings = {"RLPRUNE_BROKER_URL": fresh_redis(7), "RLPRUNE_LEASE_SECONDS": "4", "RLPRUNE_HEARTBEAT_SECONDS": "1",
                 "RLPRUNE_PROGRESS_INTERVAL_SECONDS": "0.2"}
     with served_api("sqlite", tmp_path_factory.mktemp("ui"), worker=True, **settings) as (base, _, keys):
         headers = {"Authorization": f"Bearer {keys['alice']}"}

@@ -90,7 +90,7 @@ def service(tmp_path_factory):
     (left / "body").write_bytes(b"half an upload")
     past = time.time() - UNCLAIMED_SECONDS - 5
     os.utime(left, (past, past))
-    with served_api("postgresql", root, worker=True, RLPRUNE_BROKER_URL=fresh_redis(11),
+    with served_api("postgresql", root, worker=True, RLPRUNE_BROKER_URL=fresh_redis(6),
                     RLPRUNE_MAX_UPLOAD_BYTES=str(MAX_UPLOAD), RLPRUNE_MAX_ARCHIVE_MEMBER_BYTES=str(MEMBER_CAP),
                     RLPRUNE_MAX_EXTRACTED_BYTES=str(2 * MEMBER_CAP), RLPRUNE_UPLOAD_QUOTA_BYTES=str(QUOTA),
                     RLPRUNE_PROGRESS_INTERVAL_SECONDS="0.2") as (url, _, keys):

@@ -50,8 +50,9 @@ REDIS_URL = os.environ.get("RLPRUNE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15"
 
 def fresh_redis(number: int | None = None) -> str:
     """An emptied Redis database for one test module: ``number`` of the test server, or the database
-    RLPRUNE_TEST_REDIS_URL names (15 by default). Modules that start workers take a number of their own,
-    so messages one leaves behind (jobs no worker took) never reach another module's workers."""
+    RLPRUNE_TEST_REDIS_URL names (15 by default). Modules that start workers take a number of their own
+    (6 to 14, one each), so messages one leaves behind (jobs no worker took) never reach another module's
+    workers, even when modules run side by side."""
     import redis
 
     url = REDIS_URL if number is None else urlunsplit(urlsplit(REDIS_URL)._replace(path=f"/{number}"))
