@@ -6,7 +6,7 @@ UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 .tools/bin/uv:
 	python3 -m venv .tools && .tools/bin/pip install --quiet uv
 
-.PHONY: serve demo test lint
+.PHONY: serve demo test lint compose-smoke
 
 serve: $(filter .tools/bin/uv,$(UV))  ## the API and one worker on an embedded store (SQLite), at http://127.0.0.1:8000
 	$(UV) run --frozen rlprune serve
@@ -20,3 +20,6 @@ test: $(filter .tools/bin/uv,$(UV))  ## the test suite, then the linter
 
 lint: $(filter .tools/bin/uv,$(UV))
 	$(UV) run --frozen ruff check .
+
+compose-smoke: $(filter .tools/bin/uv,$(UV))  ## docker compose up for real, a tiny job through it, and down again (root, ~10 GB disk)
+	bash ci/compose-smoke.sh

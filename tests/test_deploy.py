@@ -149,3 +149,27 @@ def test_the_api_the_cli_and_the_client_need_no_worker_extra(tmp_path):
     result = subprocess.run([sys.executable, "-c", WITHOUT_WORKER_EXTRA, json.dumps(blocked), str(tmp_path),
                              json.dumps(spec)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+class _ComposeLoader(yaml.SafeLoader):
+    """YAML with Compose's merge tags (``!reset``, ``!override``), read as the values they carry."""
+
+
+for _tag in ("!reset", "!override"):
+    _ComposeLoader.add_constructor(_tag, lambda loader, node: (
+        loader.construct_sequence(node) if isinstance(node, yaml.SequenceNode)
+        else loader.construct_mapping(node) if isinstance(node, yaml.MappingNode) else loader.construct_scalar(node)))
+
+
+def test_the_ci_override_pulls_nothing_and_publishes_only_the_api_on_loopback():
+    override = yaml.load((REPO / "docker-compose.ci.yml").read_text(), Loader=_ComposeLoader)["services"]
+    assert set(override) <= set(COMPOSE["services"])
+    for name in ("postgres", "redis"):  # stand-ins built here from the local Debian base
+        assert override[name]["pull_policy"] == "never" and (REPO / override[name]["build"] / "Dockerfile").is_file()
+    for name in ("migrate", "worker"):  # every base image a build argument pointing at a local image
+        assert set(override[name]["build"]["args"]) == {"BASE_IMAGE", "UV_IMAGE"}
+    published = [port for service in override.values() for port in service.get("ports", [])]
+    assert published == ["127.0.0.1:${RLPRUNE_API_PORT:-18000}:8000"]
+    assert "deploy" in override["worker"]  # the GPU reservation is reset: the smoke test runs on the CPU
+    script = (REPO / "ci/compose-smoke.sh").read_text()
+    assert "down -v" in script and "network.before" in script and "kill -TERM" in script
