@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from typing import get_args
 
-import torchvision
 from torch import nn
 
 from ..spec import TorchvisionArch
@@ -36,6 +35,10 @@ def _replace_stem(model: nn.Module, in_channels: int) -> None:
 
 
 def build_torchvision(arch: str, num_classes: int, in_channels: int) -> nn.Module:
+    # Imported here: torchvision's import pulls in torch._dynamo (about 6 s of CPU), which a job on a
+    # built-in architecture, and every worker process that starts, would otherwise pay.
+    import torchvision
+
     model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
     if in_channels != 3:
         _replace_stem(model, in_channels)
