@@ -21,5 +21,5 @@ test: $(filter .tools/bin/uv,$(UV))  ## the test suite, then the linter
 lint: $(filter .tools/bin/uv,$(UV))
 	$(UV) run --frozen ruff check .
 
-compose-smoke: $(filter .tools/bin/uv,$(UV))  ## docker compose up for real, a tiny job through it, and down again (root, ~10 GB disk)
+compose-smoke: $(filter .tools/bin/uv,$(UV))  ## docker compose up for real, a tiny job through it, and down again (root, 16 GB free disk)
 	bash ci/compose-smoke.sh
