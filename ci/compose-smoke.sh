@@ -46,13 +46,14 @@ UV=$(command -v uv || echo "$REPO/.tools/bin/uv")
 [ -x "$UV" ] || make -C "$REPO" .tools/bin/uv >/dev/null
 
 # What the engine may change on the host: IP forwarding, network links, filter and NAT rules and policies.
+links() { ip -o link show | awk -F': ' '{print $2}' | sed 's/@.*//' | sort; }
 network_state() {
     echo "ip_forward $(cat /proc/sys/net/ipv4/ip_forward)"
-    ip -o link show | awk -F': ' '{print "link", $2}' | sed 's/@.*//' | sort
+    links | sed 's/^/link /'
     for table in filter nat; do iptables -t "$table" -S | sed "s/^/$table /"; done
 }
 network_state > "$WORK/network.before"
-ip -o link show | awk -F': ' '{print $2}' | sed 's/@.*//' | sort > "$WORK/links.before"
+links > "$WORK/links.before"
 iptables-save > "$WORK/iptables.before" 2>/dev/null || true
 ip_forward_before=$(cat /proc/sys/net/ipv4/ip_forward)
 
@@ -84,8 +85,7 @@ cleanup() {
             for table in filter nat; do iptables -t "$table" -F; iptables -t "$table" -X; done
             iptables -P FORWARD ACCEPT
         fi
-        ip -o link show | awk -F': ' '{print $2}' | sed 's/@.*//' | sort \
-            | comm -13 "$WORK/links.before" - | while read -r link; do ip link del "$link" 2>/dev/null; done
+        links | comm -13 "$WORK/links.before" - | while read -r link; do ip link del "$link" 2>/dev/null; done
         echo "$ip_forward_before" > /proc/sys/net/ipv4/ip_forward
         network_state > "$WORK/network.after"
         if diff -u "$WORK/network.before" "$WORK/network.after"; then

@@ -93,7 +93,6 @@ def test_secrets_and_environments_stay_out_of_git_and_of_the_image():
     assert {".env", ".venv", ".git", "rlprune-data"} <= set(left_out_of_builds)
 
 
-
 # A fresh interpreter in which every module that only the ``worker`` extra installs fails to import, as in
 # the API image: a key is created, the app answers, and a job is accepted and queued.
 WITHOUT_WORKER_EXTRA = """
