@@ -15,7 +15,7 @@ COPY pyproject.toml uv.lock README.md ./
 # uv is only needed to install: it is mounted from its stage for these two steps and never copied in, and
 # --no-cache keeps its download cache out of the layers.
 RUN --mount=from=uv,source=/uv,target=/usr/local/bin/uv \
-    uv sync --frozen --no-dev --no-install-project --no-cache
+    uv sync --frozen --no-dev --extra s3 --no-install-project --no-cache
 COPY alembic.ini ./
 COPY migrations ./migrations
 COPY rlprune_core ./rlprune_core
@@ -26,7 +26,7 @@ COPY worker ./worker
 COPY service ./service
 COPY examples ./examples
 RUN --mount=from=uv,source=/uv,target=/usr/local/bin/uv \
-    uv sync --frozen --no-dev --no-cache
+    uv sync --frozen --no-dev --extra s3 --no-cache
 
 # the named volumes mounted here take this ownership when first created: the same user as the worker image
 RUN useradd --create-home --uid 10001 rlprune && mkdir -p /data/jobs /data/datasets /data/uploads && chown -R rlprune /data

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from fastapi_standalone_docs import StandaloneDocs
 
 from store.db import make_async_engine, make_engine, session_factory
+from store.objects import Bucket
 from store.queue import make_client
 from store.settings import Settings, get_settings
 
@@ -36,6 +37,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     swept = await anyio.to_thread.run_sync(sweep, app.state.settings.resolved_upload_dir)
     if swept:
         log.info("removed %d unfinished uploads that a stopped API process left behind", swept)
+    if app.state.bucket is not None:
+        await anyio.to_thread.run_sync(app.state.bucket.ensure)
     app.state.reader.start()
     gc.freeze()  # the objects of start-up live as long as the process: keep full collections off them
     yield
@@ -52,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = make_engine(settings.resolved_database_url, pool_size=settings.db_pool_size,
                                    pool_timeout=settings.db_pool_timeout_seconds)
     app.state.sessions = session_factory(app.state.engine)
+    app.state.bucket = Bucket.from_settings(settings)
     app.state.metrics = Metrics(app.state.sessions)
     app.state.reader = Reader(app.state.engine, make_async_engine(
         settings.resolved_database_url, pool_size=settings.db_pool_size, pool_timeout=settings.db_pool_timeout_seconds),

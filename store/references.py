@@ -43,7 +43,7 @@ class Resolved:
     """Where a job's inputs are on this server."""
 
     dataset_root: Path
-    checkpoint: Path | None
+    checkpoint: str | None  # a local path, or the storage URL of a job's artifact (see store.objects)
 
 
 def _upload(session: Session, tenant: str, upload_dir: Path, kind: str, field: str, reference: str) -> Path:
@@ -71,12 +71,12 @@ def dataset_root(session: Session, tenant: str, dataset_dir: Path, upload_dir: P
     return path
 
 
-def checkpoint(session: Session, tenant: str, upload_dir: Path, spec: dict[str, Any]) -> Path | None:
+def checkpoint(session: Session, tenant: str, upload_dir: Path, spec: dict[str, Any]) -> str | None:
     reference = spec["model"].get("checkpoint")
     if reference is None:
         return None
     if str(reference).startswith("upload:"):
-        return _upload(session, tenant, upload_dir, uploads.CHECKPOINT, "model.checkpoint", str(reference))
+        return str(_upload(session, tenant, upload_dir, uploads.CHECKPOINT, "model.checkpoint", str(reference)))
     match = JOB_ARTIFACT.fullmatch(str(reference))
     if match is None:
         raise BadReference("model.checkpoint", "must be upload:<id>, one of your checkpoint uploads, or "
@@ -85,7 +85,7 @@ def checkpoint(session: Session, tenant: str, upload_dir: Path, spec: dict[str, 
     artifact = store.finished_artifact(session, tenant, match["job"], match["name"])
     if artifact is None:
         raise BadReference("model.checkpoint", "names no artifact of a succeeded job of yours")
-    return Path(artifact.path)
+    return artifact.path
 
 
 def resolve(session: Session, tenant: str, dataset_dir: Path, upload_dir: Path, spec: dict[str, Any]) -> Resolved:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -19,6 +19,13 @@ class Settings(BaseSettings):
     dataset_dir: Path | None = Field(None, description="where a relative dataset.root points")
     upload_dir: Path | None = Field(None, description="tenants' uploaded datasets and checkpoints; default: "
                                                        "data_dir/uploads")
+    # Object storage: with a bucket, API and workers share no disk (see store.objects).
+    storage_url: str | None = Field(None, pattern=r"^s3://", description="s3://bucket/prefix: artifacts and uploads "
+                                    "go there; default: the local folders above")
+    s3_endpoint_url: str | None = Field(None, description="an S3-compatible server's URL; default: AWS S3")
+    s3_region: str | None = Field(None, description="the bucket's region; default: boto3's own lookup")
+    s3_access_key_id: str | None = Field(None, description="default: boto3's lookup (AWS_* variables, roles)")
+    s3_secret_access_key: SecretStr | None = Field(None, description="default: boto3's lookup")
     lease_seconds: float = Field(60.0, gt=0, description="a running job's lease; renewed by heartbeats")
     heartbeat_seconds: float = Field(10.0, gt=0, description="how often a worker renews its lease")
     max_attempts: int = Field(3, ge=1, description="runs of a job (first run and resumptions) before it fails")

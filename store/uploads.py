@@ -32,9 +32,14 @@ class OverQuota(Exception):
     """The upload would take the tenant's stored bytes past the quota."""
 
 
+def tenant_folder(tenant: str) -> str:
+    """A folder name (and a bucket key segment) from the tenant's hash: tenant names are free text and never
+    become path segments."""
+    return hashlib.sha256(tenant.encode()).hexdigest()[:32]
+
+
 def tenant_dir(upload_dir: Path, tenant: str) -> Path:
-    """A folder name from the tenant's hash: tenant names are free text and never become path segments."""
-    return upload_dir / hashlib.sha256(tenant.encode()).hexdigest()[:32]
+    return upload_dir / tenant_folder(tenant)
 
 
 def files_of(upload_dir: Path, tenant: str, kind: str, upload_id: str) -> Path:

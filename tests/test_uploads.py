@@ -18,46 +18,20 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import save
 
 from api.scratch import UNCLAIMED_SECONDS
 
-from .conftest import tiny_spec
 from .support.databases import fresh_redis
 from .support.jobs import finished, wait_for
 from .support.serving import served_api
+from .support.uploads import image_folder, job, png, post_raw, tar
 
 KB = 1 << 10
 MAX_UPLOAD, MEMBER_CAP, QUOTA = 256 * KB, 128 * KB, 400 * KB
 TYPES = {"tar": "application/x-tar", "tar.gz": "application/gzip", "zip": "application/zip"}
-
-
-def png(seed: int, size: int = 8) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
-    out = io.BytesIO()
-    Image.fromarray(pixels).save(out, format="PNG")
-    return out.getvalue()
-
-
-def image_folder(per_class: int = 3, classes: tuple[str, ...] = ("cat", "dog")) -> dict[str, bytes]:
-    return {f"{split}/{name}/{i}.png": png(hash((split, name, i)) % 1000)
-            for split, count in (("train", per_class), ("test", 2)) for name in classes for i in range(count)}
-
-
-def tar(files: dict[str, bytes], gz: bool = False, extra: list[tarfile.TarInfo] = ()) -> bytes:
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w:gz" if gz else "w") as archive:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-        for info in extra:
-            archive.addfile(info)
-    return out.getvalue()
 
 
 def zipped(files: dict[str, bytes], modes: dict[str, int] | None = None) -> bytes:
@@ -101,10 +75,6 @@ def service(tmp_path_factory):
         finally:
             for client in clients.values():
                 client.close()
-
-
-def post_raw(client: httpx.Client, path: str, body: bytes, media_type: str) -> httpx.Response:
-    return client.post(path, content=body, headers={"Content-Type": media_type})
 
 
 def post_form(client: httpx.Client, path: str, body: bytes, filename: str = "upload") -> httpx.Response:
@@ -277,14 +247,6 @@ def test_racing_uploads_never_exceed_the_quota_together(service):
     (kept,) = bob.get("/checkpoints").json()
     assert bob.delete(f"/checkpoints/{kept['id']}").status_code == 204
     assert files_under(uploads) == before, "refused uploads leave nothing"
-
-
-def job(dataset_root: str, checkpoint: str | None = None) -> dict:
-    """A job small enough to run in seconds on a 16x16 image folder (VGG needs 32x32: a ResNet-20 here)."""
-    return tiny_spec(model={"arch": "resnet20", "width": 0.25, "checkpoint": checkpoint},
-                     dataset={"name": "imagefolder", "root": dataset_root, "image_size": 16},
-                     pretrain={"epochs": 1, "batch_size": 8}, finetune={"epochs": 1, "batch_size": 8},
-                     ).model_dump(mode="json")
 
 
 def field_refused(response: httpx.Response, field: str) -> str:

@@ -16,11 +16,13 @@ import errno
 import json
 import logging
 import os
+import shutil
 import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, TypeVar
 
@@ -30,8 +32,11 @@ from store import jobs as store
 from store import references
 from store.db import is_outage, make_engine, session_factory, transaction
 from store.models import Job, JobStatus
+from store.objects import Bucket, StorageUnavailable, job_key
 from store.queue import dispatch
 from store.settings import Settings
+
+from . import inputs
 
 log = logging.getLogger("rlprune.worker")
 ALWAYS_WRITTEN = {"stage", "resumed", "completed", "info"}
@@ -47,7 +52,9 @@ class JobRunner:
     def __init__(self, settings: Settings, job_id: str):
         self.settings = settings
         self.job_id = job_id
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"  # this run's fencing token
+        self.run_token = uuid.uuid4().hex[:12]
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{self.run_token}"  # this run's fencing token
+        self.bucket = Bucket.from_settings(settings)
         self.engine = make_engine(settings.resolved_database_url, pool_size=2,
                                   pool_timeout=settings.db_pool_timeout_seconds)
         self.sessions = session_factory(self.engine)
@@ -190,12 +197,16 @@ class JobRunner:
             with self.sessions() as session:
                 resolved = references.resolve(session, tenant, self.settings.resolved_dataset_dir,
                                               self.settings.resolved_upload_dir, spec_data)
-            locations = Locations(dataset_root=resolved.dataset_root, checkpoint=resolved.checkpoint,
+            if self.bucket:
+                resolved = inputs.fetch(self.settings, self.bucket, tenant, spec_data, resolved)
+            checkpoint = Path(resolved.checkpoint) if resolved.checkpoint else None
+            locations = Locations(dataset_root=resolved.dataset_root, checkpoint=checkpoint,
                                   allow_download=spec.dataset.download,
                                   max_dataset_bytes=self.settings.max_dataset_bytes,
                                   cache_dir=self.settings.data_dir / "cache")
             report = run_pipeline(spec, self.workdir, self._on_event, self._should_stop, locations=locations)
             records = [*report["artifacts"], artifact_record(self.workdir / "report.json")]
+            artifacts = [{**record, "path": self._publish(record["name"])} for record in records]
         except Stopped:
             if self.lost.is_set():
                 log.warning("job %s: lease lost; another worker will carry on", self.job_id)
@@ -205,6 +216,9 @@ class JobRunner:
             return self._finish(JobStatus.CANCELLED, "cancelled while running")
         except references.BadReference as exc:
             return self._fail("invalid_spec", str(exc))
+        except StorageUnavailable as exc:
+            log.error("job %s: %s", self.job_id, exc)
+            return self._fail("storage_unavailable", f"{exc}; nothing was published")
         except RlpruneError as exc:
             return self._fail(exc.code, str(exc))
         except OSError as exc:
@@ -217,10 +231,30 @@ class JobRunner:
         except Exception:
             log.exception("job %s failed", self.job_id)
             return self._fail("internal_error", "the job failed unexpectedly; the worker log has the details")
-        artifacts = [{**record, "path": str(self.workdir / record["name"])} for record in records]
         metrics = _jsonable({k: v for k, v in report.items() if k != "spec"})
-        return self._finish(JobStatus.SUCCEEDED, "job succeeded", artifacts=artifacts, metrics=metrics,
-                            progress=1.0)
+        outcome = self._finish(JobStatus.SUCCEEDED, "job succeeded", artifacts=artifacts, metrics=metrics,
+                               progress=1.0)
+        if self.bucket:
+            self._tidy_bucket(published=outcome == JobStatus.SUCCEEDED)
+        return outcome
+
+    def _publish(self, name: str) -> str:
+        """Where the artifact will be served from: its file in the work folder, or, with a bucket, the URL
+        of the copy this run puts there under its own key."""
+        if self.bucket is None:
+            return str(self.workdir / name)
+        return self.bucket.put(self.workdir / name, job_key(self.job_id, self.run_token, name))
+
+    def _tidy_bucket(self, published: bool) -> None:
+        """With a bucket, this worker's folder held the job only while it ran: a published job leaves it,
+        and a run that lost the lease takes back what it put in the bucket (the winner's keys differ)."""
+        try:
+            if published:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+            else:
+                self.bucket.delete_prefix(job_key(self.job_id, self.run_token, ""))
+        except StorageUnavailable as exc:
+            log.warning("job %s: could not remove this run's files from the bucket: %s", self.job_id, exc)
 
     def _fail(self, code: str, message: str) -> str:
         return self._finish(JobStatus.FAILED, message, error={"code": code, "message": message})

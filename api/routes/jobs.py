@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import re
 import shutil
 import threading
@@ -20,7 +21,7 @@ from urllib.parse import urlencode
 
 import anyio.from_thread
 from fastapi import APIRouter, Header, Query, Request, Response
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, StreamingResponse
 from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
@@ -30,7 +31,8 @@ from rlprune_core.spec import JobSpec
 from store import jobs as store
 from store import references
 from store.db import transaction
-from store.models import FINISHED, Job, JobStatus
+from store.models import FINISHED, Artifact, Job, JobStatus
+from store.objects import StorageUnavailable, job_prefix
 from store.queue import dispatch_or_discard
 
 from ..auth import TenantDep
@@ -42,6 +44,7 @@ router = APIRouter(prefix="/jobs", tags=["jobs"], responses={
     401: {"description": "no valid API key", **PROBLEM}, 404: {"description": "no such job of yours", **PROBLEM},
     422: {"description": "invalid request; `errors` names each field", **PROBLEM},
     503: {"description": "overloaded or a backing service is down; see Retry-After", **PROBLEM}})
+log = logging.getLogger("rlprune.api")
 STREAM_POLL_SECONDS = 0.5
 MAX_ID = 2**63 - 1
 JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -186,6 +189,11 @@ def delete(job_id: str, request: Request, tenant: TenantDep) -> Response:
     if not deleted:
         raise Problem(409, "Conflict", "the job has not finished; cancel it first")
     shutil.rmtree(request.app.state.settings.resolved_artifact_dir / job_id, ignore_errors=True)
+    if request.app.state.bucket is not None:
+        try:
+            request.app.state.bucket.delete_prefix(job_prefix(job_id))
+        except StorageUnavailable as exc:  # the job is gone for its tenant; its files wait for an operator
+            log.warning("job %s deleted, but not its files in the bucket: %s", job_id, exc)
     return Response(status_code=204)
 
 
@@ -272,26 +280,53 @@ ARTIFACT_RESPONSES = {200: {"content": {"application/octet-stream": {}}}, 206: {
 @router.get("/{job_id}/artifacts/{name}", response_class=FileResponse, responses=ARTIFACT_RESPONSES,
             operation_id="download_artifact", summary="Download an artifact")
 def download(job_id: str, name: str, request: Request, tenant: TenantDep,
-             range_: Annotated[str | None, Header(alias="range", max_length=1000)] = None) -> FileResponse:
-    """Starlette's FileResponse serves Range requests; Repr-Digest (RFC 9530) carries the file's SHA-256."""
+             range_: Annotated[str | None, Header(alias="range", max_length=1000)] = None) -> Response:
+    """Starlette's FileResponse serves Range requests from a local file; an artifact in a bucket is streamed
+    through this API with the range passed on to the bucket. Repr-Digest (RFC 9530) carries the SHA-256."""
     _job(request, tenant, job_id)
     with _sessions(request)() as session:
         record = next((a for a in store.artifacts_of(session, job_id) if a.name == name), None)
-    if record is None or not Path(record.path).is_file():
+    remote = record is not None and record.path.startswith("s3://")
+    if record is None or not (remote or Path(record.path).is_file()):
         raise Problem(404, "Not Found", f"the job has no artifact {name!r}")
-    if range_:
-        _check_range(range_, record.bytes)
+    ranges = _check_range(range_, record.bytes) if range_ else []
     digest = base64.b64encode(bytes.fromhex(record.sha256)).decode()
-    return FileResponse(record.path, media_type=record.media_type, filename=record.name,
-                        headers={"Repr-Digest": f"sha-256=:{digest}:"})
+    headers = {"Repr-Digest": f"sha-256=:{digest}:"}
+    if remote:
+        return _from_bucket(request, record, ranges, headers)
+    return FileResponse(record.path, media_type=record.media_type, filename=record.name, headers=headers)
 
 
-def _check_range(header: str, size: int) -> None:
+def _from_bucket(request: Request, record: Artifact, ranges: list[tuple[int, int]],
+                 headers: dict[str, str]) -> Response:
+    """Streamed rather than redirected to a presigned URL: the bucket's endpoint is often reachable from the
+    workers' network only, and the API keeps one place for keys, quotas and audit. A request for several
+    ranges gets the whole file, which RFC 9110 allows a server to send instead."""
+    bucket = request.app.state.bucket
+    if bucket is None:
+        raise unavailable("the artifact is kept in object storage, which this API is not configured to reach")
+    size = record.bytes
+    headers |= {"Accept-Ranges": "bytes", "ETag": f'"{record.sha256}"',
+                "Content-Disposition": f'attachment; filename="{record.name}"'}
+    start, end, status = (*ranges[0], 206) if len(ranges) == 1 else (0, size, 200)
+    if status == 206:
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    headers["Content-Length"] = str(end - start)
+    if request.method == "HEAD":
+        return Response(status_code=status, headers=headers, media_type=record.media_type)
+    try:
+        chunks = bucket.stream(bucket.key_of(record.path), start, end)
+    except StorageUnavailable as exc:
+        raise unavailable(str(exc)) from exc
+    return StreamingResponse(chunks, status_code=status, headers=headers, media_type=record.media_type)
+
+
+def _check_range(header: str, size: int) -> list[tuple[int, int]]:
     """FileResponse answers a bad Range with a plain-text 400 or 416; checking it first with the same parser
     (a private classmethod of FileResponse, pinned by the Starlette version in uv.lock) makes those
     answers problem+json like every other error."""
     try:
-        FileResponse._parse_range_header(header, size)
+        return FileResponse._parse_range_header(header, size)
     except MalformedRangeHeader as exc:
         raise Problem(400, "Bad Request", f"Range: {exc.content or 'malformed'}") from exc
     except RangeNotSatisfiable as exc:

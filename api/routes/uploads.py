@@ -10,6 +10,7 @@ on every route.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from store import objects
 from store import uploads as store
 from store.db import transaction
 from store.models import Upload, new_id
@@ -26,11 +28,12 @@ from .. import archives, intake
 from ..archives import BadUpload
 from ..auth import TenantDep
 from ..checkpoints import tensor_count
-from ..problems import Problem, invalid
+from ..problems import Problem, invalid, unavailable
 from ..schemas import CheckpointOut, DatasetOut
 from ..scratch import Scratch
 from .jobs import JOB_ID, PROBLEM
 
+log = logging.getLogger("rlprune.api")
 ARCHIVE_TYPES = ("application/x-tar", "application/gzip", "application/x-gzip", "application/zip")
 CHECKPOINT_TYPES = ("application/octet-stream",)
 UPLOAD_RESPONSES = {
@@ -74,19 +77,44 @@ def _check_room(request: Request, tenant: str) -> None:
 
 def _keep(request: Request, tenant: str, kind: str, upload_id: str, source: Path, size: int, sha256: str,
           meta: dict[str, Any]) -> Upload:
-    """Insert the row within the quota and move the checked files into place, all or nothing: a failed
-    rename rolls the row back, and a refused row leaves the files in the scratch folder."""
-    settings = request.app.state.settings
+    """Insert the row within the quota and keep the checked files, all or nothing. Locally they move into
+    place by one rename inside the transaction, so a failed rename rolls the row back and a refused row
+    leaves them in the scratch folder. With a bucket they are put there first, under the upload's own key
+    (no lock is held during the transfer), and taken back if the row is refused."""
+    settings, bucket = request.app.state.settings, request.app.state.bucket
+    key = objects.upload_key(store.tenant_folder(tenant), kind, upload_id)
+    if bucket is not None:
+        if kind == store.DATASET:
+            packed = source.parent / "dataset.tar"
+            objects.pack(source, packed)
+            source = packed
+        try:
+            bucket.put(source, key)
+        except objects.StorageUnavailable as exc:
+            raise unavailable(f"{exc}; the upload was not kept") from exc
     final = store.files_of(settings.resolved_upload_dir, tenant, kind, upload_id)
     try:
         with transaction(request.app.state.sessions) as session:
             upload = store.create_upload(session, tenant, kind, size, sha256, meta, settings.upload_quota_bytes,
                                          upload_id)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.rename(source, final)
-    except store.OverQuota as exc:
-        raise _over_quota(exc) from exc
+            if bucket is None:
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(source, final)
+    except BaseException as exc:
+        if bucket is not None:
+            _forget(bucket, key)
+        if isinstance(exc, store.OverQuota):
+            raise _over_quota(exc) from exc
+        raise
     return upload
+
+
+def _forget(bucket: objects.Bucket, key: str) -> None:
+    """Remove an upload's object; a failure leaves garbage for an operator, never a broken upload."""
+    try:
+        bucket.delete(key)
+    except objects.StorageUnavailable as exc:
+        log.warning("an upload's object stays in the bucket: %s", exc)
 
 
 async def _accept(request: Request, tenant: str, kind: str, raw_types: tuple[str, ...],
@@ -189,6 +217,8 @@ def _read_routes(router: APIRouter, kind: str, out: type[DatasetOut] | type[Chec
         with contextlib.suppress(FileNotFoundError):  # out of sight in one rename, then removed
             os.rename(files, trash.path / "gone")
         trash.remove()
+        if request.app.state.bucket is not None:
+            _forget(request.app.state.bucket, objects.upload_key(store.tenant_folder(tenant), kind, upload_id))
         return Response(status_code=204)
 
 

@@ -30,10 +30,10 @@ class Service:
         self.processes: list[subprocess.Popen] = []
         self.url = ""
 
-    def _start(self, name: str, args: list[str]) -> subprocess.Popen:
+    def _start(self, name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
         log = (self.logs / f"{name}.log").open("ab")
-        process = subprocess.Popen(args, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(args, cwd=REPO, env={**self.env, **(env or {})}, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
         self.processes.append(process)
         return process
 
@@ -51,10 +51,11 @@ class Service:
                 time.sleep(0.2)
         raise RuntimeError(f"the API did not start; see {self.logs / 'api.log'}")
 
-    def start_worker(self, name: str) -> subprocess.Popen:
+    def start_worker(self, name: str, **env: str) -> subprocess.Popen:
+        """A Celery worker; ``env`` adds to or overrides the shared environment for this process alone."""
         return self._start(name, [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool=solo",
                                   "--concurrency=1", "--prefetch-multiplier=1", "--loglevel=INFO", "-n",
-                                  f"{name}@%h", "--without-gossip", "--without-mingle"])
+                                  f"{name}@%h", "--without-gossip", "--without-mingle"], env)
 
     @staticmethod
     def stop_process(process: subprocess.Popen) -> None:
