@@ -28,7 +28,9 @@ def test_compose_file_follows_the_compose_specification():
     schema = json.loads((Path(__file__).parent / "schemas" / "compose-spec.json").read_text())
     # the file names its draft by a non-canonical URL; it is written for draft 7 semantics
     jsonschema.Draft7Validator(schema).validate(COMPOSE)
-    assert set(COMPOSE["services"]) == {"postgres", "redis", "migrate", "api", "worker"}
+    default = {name for name, service in COMPOSE["services"].items() if not service.get("profiles")}
+    assert default == {"postgres", "redis", "migrate", "api", "worker"}
+    assert COMPOSE["services"]["seaweedfs"]["profiles"] == ["s3"]  # object storage is opt-in
     devices = COMPOSE["services"]["worker"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["capabilities"] == ["gpu"]
     assert all("healthcheck" in COMPOSE["services"][name] for name in ("postgres", "redis", "api", "worker"))
