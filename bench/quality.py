@@ -10,8 +10,9 @@ what a user would do without a search. The default agent is marked in the table.
 
 Selection never looks at the test set: searches score on half of the validation split and report their
 result's proxy on the other half. Per configuration, the table gives each method's final test accuracy,
-its paired difference against uniform l1 over seeds with a 95 % t-interval, its held-out proxy, its
-evaluations and its search seconds.
+its paired difference against uniform l1 over seeds with a 95 % t-interval (and a learning search's
+against random-search, what it must beat at the same evaluations), its held-out proxy, its evaluations
+and its search seconds.
 
 A full run takes hours on a CPU, so every (configuration, seed, method) cell is cached in
 ``bench/results/<name>_cells.json`` as it finishes, and the jobs themselves resume from their work
@@ -54,6 +55,8 @@ DEFAULT_AGENT = PruneSpec().agent
 SEARCHES = ["reinforce", "allocation", "policy-network", "random-search"]
 METHODS = [*dict.fromkeys([DEFAULT_AGENT, *SEARCHES]), "l1", "random"]
 REFERENCE = "l1"
+# what a search must beat at the same number of evaluations
+SEARCH_REFERENCE = "random-search"
 
 
 def pretrain_job(model: str, seed: int, epochs: int) -> JobSpec:
@@ -112,9 +115,9 @@ class Cells:
         temporary.replace(self.path)
 
 
-def paired(rows: list[dict], config: str, method: str) -> tuple[float, float, float] | None:
+def paired(rows: list[dict], config: str, method: str, reference: str = REFERENCE) -> tuple[float, float, float] | None:
     """Mean of method minus reference over the seeds both finished, and its 95 % t-interval."""
-    by_seed = {r["seed"]: r["final_accuracy"] for r in rows if r["config"] == config and r["method"] == REFERENCE}
+    by_seed = {r["seed"]: r["final_accuracy"] for r in rows if r["config"] == config and r["method"] == reference}
     differences = [r["final_accuracy"] - by_seed[r["seed"]] for r in rows
                    if r["config"] == config and r["method"] == method and r["seed"] in by_seed]
     if len(differences) < 2:
@@ -132,19 +135,25 @@ def _mean_std(values: list[float | None], digits: int = 4) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {std:.{digits}f}"
 
 
+def _interval(difference: tuple[float, float, float] | None) -> str:
+    return f"{difference[0]:+.4f} [{difference[1]:+.4f}, {difference[2]:+.4f}]" if difference else "-"
+
+
 def table(rows: list[dict]) -> str:
-    lines = ["| config | method | seeds | final accuracy | minus l1 (95 % CI) | proxy log-lik (held-out) "
+    lines = ["| config | method | seeds | final accuracy | minus l1 (95 % CI) "
+             f"| minus {SEARCH_REFERENCE} (95 % CI) | proxy log-lik (held-out) "
              "| proxy top-1 (held-out) | MACs kept | evaluations | search s | search share of job |",
-             "|---|" + "---|" * 10]
+             "|---|" + "---|" * 11]
     for config in dict.fromkeys(r["config"] for r in rows):
         for method in METHODS:
             chosen = [r for r in rows if r["config"] == config and r["method"] == method]
             if not chosen:
                 continue
-            difference = paired(rows, config, method) if method != REFERENCE else None
+            searched = method in SEARCHES and method != SEARCH_REFERENCE
             label = f"{method} (default)" if method == DEFAULT_AGENT else method
             cells = [config, label, str(len(chosen)), _mean_std([r["final_accuracy"] for r in chosen]),
-                     f"{difference[0]:+.4f} [{difference[1]:+.4f}, {difference[2]:+.4f}]" if difference else "-",
+                     _interval(paired(rows, config, method) if method != REFERENCE else None),
+                     _interval(paired(rows, config, method, SEARCH_REFERENCE) if searched else None),
                      _mean_std([r["proxy_log_likelihood"] for r in chosen], 3),
                      _mean_std([r["proxy_accuracy"] for r in chosen]),
                      f"{statistics.mean(r['macs_kept'] for r in chosen):.3f}",
@@ -199,7 +208,8 @@ def main() -> None:
                 f"epochs, finetune {args.finetune_epochs}; searches {search['steps']} steps x "
                 f"{search['samples_per_step']} candidates (+1: the policy's mode). Accuracies are test-set "
                 f"fractions, mean ± std over seeds; `minus l1` is the paired difference against uniform l1 with a "
-                f"95 % t-interval over seeds; the proxy is the returned network's mean log-likelihood (and "
+                f"95 % t-interval over seeds, `minus {SEARCH_REFERENCE}` a search's against {SEARCH_REFERENCE} at "
+                f"the same evaluations; the proxy is the returned network's mean log-likelihood (and "
                 f"top-1) on held-out validation images before finetuning.\n\n{table(rows)}\n\n"
                 f"Environment: {data['environment']}; wall time of this invocation {data['wall_s']} s.\n")
     suffix = "" if device.type == "cpu" else f"_{device.type}"
