@@ -39,6 +39,8 @@ from .footprint import (
 from .locations import Locations
 from .spec import DatasetSpec
 
+STATS_CHUNK_BYTES = 2**20  # images gathered at a time for the channel statistics (see _channel_stats)
+
 
 @dataclass(frozen=True)
 class InputContract:
@@ -143,22 +145,34 @@ def _labels(targets) -> Tensor:
     return torch.as_tensor(targets, dtype=torch.int64)
 
 
-def _chunk_len(channels: int, size: int) -> int:
-    """How many images of this shape make one chunk of float work (CHUNK_BYTES)."""
-    return max(1, CHUNK_BYTES // (channels * size * size * FLOAT_BYTES))
+def _chunk_len(channels: int, size: int, chunk_bytes: int = CHUNK_BYTES) -> int:
+    """How many images of this shape make one chunk of float work (``chunk_bytes``)."""
+    return max(1, chunk_bytes // (channels * size * size * FLOAT_BYTES))
 
 
 def _channel_stats(images: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-channel mean and (unbiased) std of ``images[indices]``, a chunk at a time and in float64.
+    """Per-channel mean and (unbiased) std of ``images[indices]``, a chunk at a time.
 
-    Gathering the whole subset at once would copy the training images a second time.
+    Gathering the whole subset at once would copy the training images a second time, and so would the
+    float64 temporaries of a two-pass formula; each chunk's own mean and variance (``torch.var_mean``, which
+    makes no copy of its input) are merged in float64 by Chan et al.'s pairwise update instead, so the only
+    temporary is one gathered chunk. That chunk is small (STATS_CHUNK_BYTES): glibc serves blocks of a few
+    MB from its heap once larger ones have been freed, and keeps up to tens of MB of them resident
+    afterwards, which made the peak of loading vary by 80 MB from run to run with 16 MB chunks.
     """
-    chunks = indices.split(_chunk_len(images.shape[1], images.shape[-1]))
-    count = len(indices) * images.shape[-2] * images.shape[-1]
-    total = sum(images[chunk].sum(dim=(0, 2, 3), dtype=torch.float64) for chunk in chunks)
-    mean = total / count
-    squares = sum(((images[chunk].double() - mean[:, None, None]) ** 2).sum(dim=(0, 2, 3)) for chunk in chunks)
-    std = (squares / max(1, count - 1)).sqrt().clamp_min(1e-6)
+    pixels = images.shape[-2] * images.shape[-1]
+    count = torch.zeros((), dtype=torch.float64)
+    mean = torch.zeros(images.shape[1], dtype=torch.float64)
+    squares = torch.zeros(images.shape[1], dtype=torch.float64)  # sum of squared deviations from the mean
+    for chunk in indices.split(_chunk_len(images.shape[1], images.shape[-1], STATS_CHUNK_BYTES)):
+        part_var, part_mean = torch.var_mean(images[chunk], dim=(0, 2, 3), correction=0)
+        part_count = len(chunk) * pixels
+        delta = part_mean.double() - mean
+        total = count + part_count
+        mean += delta * (part_count / total)
+        squares += part_var.double() * part_count + delta**2 * (count * part_count / total)
+        count = total
+    std = (squares / max(1.0, float(count) - 1)).sqrt().clamp_min(1e-6)
     return mean.float(), std.float()
 
 
@@ -347,11 +361,14 @@ def _synthetic(spec: DatasetSpec, seed: int, locations: Locations) -> _Raw:
         shifts = torch.randint(-size // 8, size // 8 + 1, (count, 2), generator=generator)
         contrast = 0.6 + 0.8 * torch.rand(count, 1, 1, 1, generator=generator)
         images = torch.randn((count, 3, size, size), generator=generator).mul_(0.25)  # the noise, then the images
+        shifted = torch.empty((min(step, count), 3, size, size))  # one chunk, reused: no per-chunk temporaries
         for start in range(0, count, step):
             part = slice(start, start + step)
-            shifted = torch.stack([torch.roll(prototypes[label], (int(dy), int(dx)), dims=(1, 2))
-                                   for label, (dy, dx) in zip(labels[part], shifts[part], strict=True)])
-            images[part] = (0.5 + contrast[part] * (shifted - 0.5) + images[part]).clamp_(0, 1)
+            chunk = shifted[: len(labels[part])]
+            for row, label, (dy, dx) in zip(chunk, labels[part], shifts[part], strict=True):
+                row.copy_(torch.roll(prototypes[label], (int(dy), int(dx)), dims=(1, 2)))
+            images[part] += chunk.sub_(0.5).mul_(contrast[part]).add_(0.5)
+            images[part].clamp_(0, 1)
         return images, labels
 
     train_x, train_y = sample(SYNTHETIC_TRAIN)
