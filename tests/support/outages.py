@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection, make_url
 
 from .databases import POSTGRES_URL, _unavailable
 from .processes import free_port
@@ -85,6 +85,17 @@ def _admin():
     return create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
 
 
+def _wait_until_gone(connection: Connection, name: str, timeout: float = 10.0) -> None:
+    """pg_terminate_backend only signals: a backend sends its clients the error and exits a moment later.
+    Until it has, a client (the API's job-cache listener) may not know its connection is lost."""
+    deadline = time.monotonic() + timeout
+    query = text("SELECT count(*) FROM pg_stat_activity WHERE datname = :name AND pid <> pg_backend_pid()")
+    while connection.execute(query, {"name": name}).scalar_one():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the backends of {name} were still there {timeout} s after being terminated")
+        time.sleep(0.05)
+
+
 def _allow_connections(name: str, allowed: bool) -> None:
     admin = _admin()
     try:
@@ -93,6 +104,7 @@ def _allow_connections(name: str, allowed: bool) -> None:
             if not allowed:
                 connection.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                                         "WHERE datname = :name AND pid <> pg_backend_pid()"), {"name": name})
+                _wait_until_gone(connection, name)
     finally:
         admin.dispose()
 
