@@ -161,7 +161,7 @@ def _channel_stats(images: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
     afterwards, which made the peak of loading vary by 80 MB from run to run with 16 MB chunks.
     """
     pixels = images.shape[-2] * images.shape[-1]
-    count = torch.zeros((), dtype=torch.float64)
+    count = 0
     mean = torch.zeros(images.shape[1], dtype=torch.float64)
     squares = torch.zeros(images.shape[1], dtype=torch.float64)  # sum of squared deviations from the mean
     for chunk in indices.split(_chunk_len(images.shape[1], images.shape[-1], STATS_CHUNK_BYTES)):
@@ -172,7 +172,7 @@ def _channel_stats(images: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
         mean += delta * (part_count / total)
         squares += part_var.double() * part_count + delta**2 * (count * part_count / total)
         count = total
-    std = (squares / max(1.0, float(count) - 1)).sqrt().clamp_min(1e-6)
+    std = (squares / max(1, count - 1)).sqrt().clamp_min(1e-6)
     return mean.float(), std.float()
 
 

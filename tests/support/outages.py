@@ -85,11 +85,15 @@ def _admin():
     return create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
 
 
+# the database's other backends: every one but the admin connection's own
+OTHERS = "FROM pg_stat_activity WHERE datname = :name AND pid <> pg_backend_pid()"
+
+
 def _wait_until_gone(connection: Connection, name: str, timeout: float = 10.0) -> None:
     """pg_terminate_backend only signals: a backend sends its clients the error and exits a moment later.
     Until it has, a client (the API's job-cache listener) may not know its connection is lost."""
     deadline = time.monotonic() + timeout
-    query = text("SELECT count(*) FROM pg_stat_activity WHERE datname = :name AND pid <> pg_backend_pid()")
+    query = text(f"SELECT count(*) {OTHERS}")
     while connection.execute(query, {"name": name}).scalar_one():
         if time.monotonic() > deadline:
             raise RuntimeError(f"the backends of {name} were still there {timeout} s after being terminated")
@@ -102,8 +106,7 @@ def _allow_connections(name: str, allowed: bool) -> None:
         with admin.connect() as connection:
             connection.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {"true" if allowed else "false"}'))
             if not allowed:
-                connection.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                                        "WHERE datname = :name AND pid <> pg_backend_pid()"), {"name": name})
+                connection.execute(text(f"SELECT pg_terminate_backend(pid) {OTHERS}"), {"name": name})
                 _wait_until_gone(connection, name)
     finally:
         admin.dispose()
