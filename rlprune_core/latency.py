@@ -10,6 +10,16 @@ model and a few random prunings of it, timed whole (see :func:`_fit_remainder`).
 The table is measured once per (layer shapes, input size, target, torch version, processor) and cached
 as JSON, so a second job on the same worker reuses it; a job also keeps its own copy, so a resumed search
 prices candidates exactly as before.
+
+On the CPU, everything is timed in a new process whose glibc keeps the memory it frees
+(:data:`TIMING_ENVIRONMENT`), so a timing is of the network's arithmetic, not of the allocator's history.
+With glibc's defaults, large activations are often returned to the kernel after a forward pass and
+faulted in again by the next: that was 45 % of the unpruned ResNet-20's latency at batch 64 (76.2 ms
+against 41.8 ms), it shrank with the channels, so pruned networks looked faster than their arithmetic,
+and it hinged on the order of allocations, so one network timed twice in fresh processes differed by up
+to 28 % (median of 8 networks: 5.8 %; with the settings: 9.9 % and 3.4 %). In the process that had
+trained a model or built a table, it was larger still. A deployment gets the measured speed with the same
+settings, or with jemalloc or tcmalloc (README, latency budgets).
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -34,6 +45,7 @@ from . import __version__
 from .cost import CostModel
 from .errors import BudgetError, BudgetMissedError, SpecError
 from .files import write_atomically
+from .fresh_process import run_in_fresh_process
 from .metrics import synchronize
 from .selection import Budget, project_counts
 from .spec import LatencyTargetSpec, PruneSpec
@@ -50,6 +62,12 @@ TOLERANCE = 0.05
 # Tensor cores run fp16/bf16 convolutions fastest when channel counts are multiples of 8 (NVIDIA's
 # performance guide), so a CUDA latency budget rounds widths to 8 unless prune.round_to says otherwise.
 CUDA_ROUND_TO = 8
+# glibc serves blocks up to 32 MiB (its ceiling for this setting) from its heap and keeps up to 1 GiB of
+# freed heap instead of returning it: a steady forward pass then reuses the same pages every call.
+TIMING_ENVIRONMENT = {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824"}
+MODEL_ROUNDS, MODEL_REPEATS = 11, 5  # whole models: interleaved rounds, and timed calls per model and round
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -102,7 +120,7 @@ def meet_measured(model: nn.Module, groups: Sequence[PrunableGroup], kept: list[
         stop()
         counts = np.array([len(k) for k in kept])
         measured = measure_models({"unpruned": model, "pruned": prune_model(model, groups, kept, example)},
-                                  tuple(example.shape[1:]), target)
+                                  tuple(example.shape[1:]), target, stop=stop)
         ratio = measured["pruned"] / measured["unpruned"]
         checks.append({"predicted": round(float(cost.keep_fraction(counts, "latency")), 4),
                        "measured": round(ratio, 4)})
@@ -171,12 +189,29 @@ def measure(module: nn.Module, inputs: torch.Tensor, target: Target, warmup: int
 
 
 def measure_models(models: dict[str, nn.Module], input_shape: tuple[int, ...], target: Target,
-                   rounds: int = 11, repeats: int = 5) -> dict[str, float]:
-    """Median milliseconds per forward pass of each model, timed in interleaved rounds.
+                   rounds: int = MODEL_ROUNDS, repeats: int = MODEL_REPEATS,
+                   stop: Callable[[], None] = lambda: None) -> dict[str, float]:
+    """Median milliseconds per forward pass of each model, timed in interleaved rounds (on the CPU in a
+    fresh process, see the module's docstring).
 
     Interleaving makes a ratio of two models fair on a machine whose load drifts: each round times every
     model back to back, so a slow spell slows them all.
     """
+    return _apart(_measure_models, target, stop, models, input_shape, target, rounds, repeats)
+
+
+def _apart(fn: Callable[..., _T], target: Target, stop: Callable[[], None], *args: object) -> _T:
+    """``fn(*args)`` in a fresh process with :data:`TIMING_ENVIRONMENT` for a CPU target. CUDA memory does
+    not come from glibc's heap, and a CUDA context per child would cost seconds and memory beside the
+    job's own, so CUDA times in place."""
+    if target.device == "cpu":
+        return run_in_fresh_process(fn, *args, stop=stop, env=TIMING_ENVIRONMENT)
+    stop()
+    return fn(*args)
+
+
+def _measure_models(models: dict[str, nn.Module], input_shape: tuple[int, ...], target: Target,
+                    rounds: int, repeats: int) -> dict[str, float]:
     device = target.torch_device
     x = torch.randn(target.batch_size, *input_shape, device=device)
     times: dict[str, list[float]] = {name: [] for name in models}
@@ -336,11 +371,12 @@ def _trace(model: nn.Module, example: torch.Tensor) -> tuple[dict[str, tuple[int
 
 def fingerprint(model: nn.Module, groups: Sequence[PrunableGroup], example: torch.Tensor, target: Target) -> str:
     """What the table depends on: every module's geometry, the groups its indices refer to, the input, the
-    target, the versions and the processor. Weights do not matter, so jobs on one architecture share it."""
+    target, the versions, the processor and how it was timed. Weights do not matter, so jobs on one
+    architecture share it."""
     layers = [(name, repr(m)) for name, m in model.named_modules() if not list(m.children())]
     processor = torch.cuda.get_device_name(target.torch_device) if target.device == "cuda" else _cpu_name()
     text = json.dumps([FORMAT, layers, [(g.name, g.size) for g in groups], list(example.shape[1:]), asdict(target),
-                       torch.__version__, __version__, processor])
+                       torch.__version__, __version__, processor, TIMING_ENVIRONMENT])
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -356,16 +392,21 @@ def _cpu_name() -> str:
 
 def build_table(model: nn.Module, groups: Sequence[PrunableGroup], cost: CostModel, example: torch.Tensor,
                 target: Target, stop: Callable[[], None] = lambda: None) -> LatencyTable:
-    """Time every entry over its grid on ``target``, then fit what the entries miss to whole networks.
-    ``stop`` is called between entries (it raises to cancel)."""
+    """Time every entry over its grid on ``target``, then fit what the entries miss to whole networks; on the
+    CPU in a fresh process. ``stop`` is called while it runs (it raises to cancel)."""
     began = time.perf_counter()
+    table = _apart(_build_table, target, stop, model, groups, cost, example, target)
+    return replace(table, build_seconds=time.perf_counter() - began)
+
+
+def _build_table(model: nn.Module, groups: Sequence[PrunableGroup], cost: CostModel, example: torch.Tensor,
+                 target: Target) -> LatencyTable:
     entries = _entries(model, cost)
     shapes, followers = _trace(model, example)
     axis_in, axis_out, table, positions = [], [], [], []
     timings = 0
     with on_target(target):
         for name, i, o in entries:
-            stop()
             module = model.get_submodule(name)
             full_in = shapes[name][0]
             is_norm = isinstance(module, nn.BatchNorm2d)
@@ -393,8 +434,7 @@ def build_table(model: nn.Module, groups: Sequence[PrunableGroup], cost: CostMod
         table=np.asarray(table, dtype=np.float64), positions=np.asarray(positions), fixed_ms=0.0,
         per_activation_ms=0.0, reference_ms=0.0, target=target, build_seconds=0.0, timings=timings)
     fixed, per_activation, reference = _fit_remainder(model, groups, cost, example, target, layers)
-    return replace(layers, fixed_ms=fixed, per_activation_ms=per_activation, reference_ms=reference,
-                   build_seconds=time.perf_counter() - began)
+    return replace(layers, fixed_ms=fixed, per_activation_ms=per_activation, reference_ms=reference)
 
 
 def _fit_remainder(model: nn.Module, groups: Sequence[PrunableGroup], cost: CostModel, example: torch.Tensor,
@@ -403,11 +443,12 @@ def _fit_remainder(model: nn.Module, groups: Sequence[PrunableGroup], cost: Cost
     model and CALIBRATION_NETWORKS random prunings of it, all timed in interleaved rounds.
 
     Timed alone, layers leave out functional operations (residual sums, activations called as functions)
-    and the framework's per-call overhead. On ResNet-20 at batch 64 that was a third of the latency and it
-    shrank with the channels, so a constant would price pruned networks 38 % too slow; at batch 1 it is
-    mostly overhead, which does not shrink. The fit tells the two apart per network and target. Neither
-    part can be negative: where the remainder is small (VGG at batch 64), an unconstrained fit chases the
-    timing noise into a large negative constant and a slope that mispriced pruned networks by 11 %.
+    and the framework's per-call overhead. On ResNet-20 at batch 64, timed with glibc's defaults (page
+    faults included), that was a third of the latency and it shrank with the channels, so a constant
+    would price pruned networks 38 % too slow; at batch 1 it is mostly overhead, which does not shrink.
+    The fit tells the two apart per network and target. Neither part can be negative: where the remainder
+    is small (VGG at batch 64), an unconstrained fit chases the timing noise into a large negative
+    constant and a slope that mispriced pruned networks by 11 %.
     """
     rng = np.random.default_rng(0)
     allocations = [cost.group_sizes] + [
@@ -415,7 +456,7 @@ def _fit_remainder(model: nn.Module, groups: Sequence[PrunableGroup], cost: Cost
         for _ in range(CALIBRATION_NETWORKS)]
     networks = {f"n{k}": model if k == 0 else prune_model(model, groups, [list(range(c)) for c in counts], example)
                 for k, counts in enumerate(allocations)}
-    measured = measure_models(networks, tuple(example.shape[1:]), target)
+    measured = _measure_models(networks, tuple(example.shape[1:]), target, MODEL_ROUNDS, MODEL_REPEATS)
     y = np.array([measured[f"n{k}"] for k in range(len(allocations))]) - layers.predict(np.stack(allocations))
     x = layers.activations(np.stack(allocations))
     intercept, slope = _nonnegative_line(x, y)

@@ -317,7 +317,7 @@ class _Run:
         """The finished model against the unpruned one on the target, timed in turns; raises when it misses."""
         device = self.target.torch_device
         measured = measure_models({"unpruned": copy_to(pretrained, device), "pruned": copy_to(model, device)},
-                                  self.input_shape, self.target)
+                                  self.input_shape, self.target, stop=self.stop)
         predicted = float(self.cost.keep_fraction(np.array([len(k) for k in kept]), "latency"))
         return check_measured(measured["unpruned"], measured["pruned"], self.spec.prune.budget.keep, predicted,
                               self.target)

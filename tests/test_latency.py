@@ -5,16 +5,20 @@ the pipeline reads (a job's copy of its table), so nothing here asserts how fast
 """
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from rlprune_core import run_pipeline
 from rlprune_core.cost import CostModel
 from rlprune_core.errors import BudgetError, BudgetMissedError, SpecError
 from rlprune_core.latency import (
     GRID_POINTS,
+    TIMING_ENVIRONMENT,
     TOLERANCE,
     LatencyTable,
     Target,
@@ -23,6 +27,7 @@ from rlprune_core.latency import (
     check_measured,
     fingerprint,
     load_or_build,
+    measure_models,
     resolve_target,
 )
 from rlprune_core.models import ModelConfig, build_model
@@ -191,3 +196,23 @@ def test_a_target_with_more_threads_than_the_worker_has_cores_is_refused_where_t
         resolve_target(spec.prune, torch.device("cpu"))
     default = JobSpec.model_validate({"prune": {"budget": {"metric": "latency"}}})
     assert resolve_target(default.prune, torch.device("cpu")) == Target("cpu", 1, torch.get_num_threads())
+
+
+class Witness(nn.Module):
+    """A layer that writes down which process runs it, and that process's allocator settings."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = str(path)
+        self.conv = nn.Conv2d(1, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        Path(self.path).write_text(json.dumps([os.getpid(), os.environ.get("GLIBC_TUNABLES")]))
+        return self.conv(x)
+
+
+def test_cpu_timings_run_in_a_fresh_process_whose_allocator_keeps_its_memory(tmp_path):
+    measured = measure_models({"witness": Witness(tmp_path / "where")}, (1, 4, 4), TARGET)
+    pid, tunables = json.loads((tmp_path / "where").read_text())
+    assert pid != os.getpid() and tunables == TIMING_ENVIRONMENT["GLIBC_TUNABLES"]
+    assert measured["witness"] > 0
