@@ -20,10 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from . import jobs as store
 from . import uploads
+from .models import Job, Upload
 
 DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 JOB_ARTIFACT = re.compile(r"job:(?P<job>[0-9a-f-]{36})/(?P<name>[A-Za-z0-9._-]{1,200}\.safetensors)")
@@ -94,3 +96,11 @@ def resolve(session: Session, tenant: str, dataset_dir: Path, upload_dir: Path, 
     Accepting a job runs it inside :func:`store.jobs.create_job`, under the tenant's upload lock."""
     return Resolved(dataset_root(session, tenant, dataset_dir, upload_dir, spec),
                     checkpoint(session, tenant, upload_dir, spec))
+
+
+def still_stored(session: Session, ids: set[str]) -> set[str]:
+    """Which of these upload and job ids still exist (a worker asks before it drops its copies)."""
+    if not ids:
+        return set()
+    return (set(session.scalars(select(Upload.id).where(Upload.id.in_(ids))))
+            | set(session.scalars(select(Job.id).where(Job.id.in_(ids)))))

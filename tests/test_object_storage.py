@@ -107,7 +107,7 @@ def deployment(s3, tmp_path_factory):
         with transaction(session_factory(engine)) as session:
             _, key = store.create_api_key(session, "test", "alice")
         service = Service({"RLPRUNE_DATABASE_URL": url, "RLPRUNE_BROKER_URL": fresh_redis(5),
-                           "RLPRUNE_DATA_DIR": str(root / "api"), **s3}, root)
+                           "RLPRUNE_DATA_DIR": str(root / "api"), "RLPRUNE_HEARTBEAT_SECONDS": "1", **s3}, root)
         try:
             service.start_api()
             workers = {name: service.start_worker(name, RLPRUNE_DATA_DIR=str(root / name))
@@ -199,9 +199,25 @@ def test_workers_without_a_shared_disk_run_jobs_that_download_through_the_api(de
     assert {key.split("/")[2] for key in stored if key.startswith("deploy/jobs/")} == {
         first["id"], uploaded["id"], *(job_done["id"] for job_done in done)}
 
-    # Deleting removes the objects.
+    # Deleting removes the objects, and then the workers' copies of them.
+    def copies_of(*ids: str) -> list[Path]:
+        return [path for name in workers for path in files_in(root / name) if any(i in str(path) for i in ids)]
+
+    assert copies_of(first["id"]) and copies_of(weights["id"]) and copies_of(dataset_id)
     assert client.delete(f"/jobs/{first['id']}").status_code == 204
     assert client.delete(f"/checkpoints/{weights['id']}").status_code == 204
     left = keys(s3)
     assert not [key for key in left if first["id"] in key or weights["id"] in key]
     assert [key for key in left if dataset_id in key], "the dataset upload stays until it is deleted"
+    wait_until(lambda: not copies_of(first["id"], weights["id"]), "the workers kept copies of deleted inputs")
+    assert copies_of(dataset_id), "a copy of an upload that still exists was removed"
+    assert client.delete(f"/datasets/{dataset_id}").status_code == 204
+    assert not [key for key in keys(s3) if dataset_id in key]
+    wait_until(lambda: not copies_of(dataset_id), "the workers kept copies of a deleted dataset")
+
+
+def wait_until(condition, failure: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, failure
+        time.sleep(0.2)

@@ -1,19 +1,28 @@
 """A job's inputs as local files. With a bucket (``RLPRUNE_STORAGE_URL``), the uploads and job artifacts a
 spec names are copied into this worker's own folders first: the upload folder the local layout would use, and
 ``<data dir>/cache/objects`` for other jobs' artifacts. Objects never change once written, so a copy that
-exists is current and the next job naming it starts at once.
+exists is current and the next job naming it starts at once. Once the tenant deletes the upload or the job,
+the housekeeping thread drops the copies too (:func:`purge_deleted`).
 """
 
 from __future__ import annotations
 
+import re
+import shutil
 import tempfile
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.orm import Session, sessionmaker
+
 from store import uploads
 from store.objects import Bucket, unpack, upload_key
-from store.references import Resolved
+from store.references import Resolved, still_stored
 from store.settings import Settings
+
+ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+JOB_IN_KEY = re.compile(rf"(?:^|/)jobs/({ID.pattern})/")
 
 
 def _upload_id(reference: Any) -> str | None:
@@ -40,3 +49,43 @@ def fetch(settings: Settings, bucket: Bucket, tenant: str, spec: dict[str, Any],
             bucket.get(key, local)
         checkpoint = str(local)
     return Resolved(dataset_root, checkpoint)
+
+
+def local_copies(settings: Settings) -> dict[str, list[Path]]:
+    """This worker's copies of bucket objects, by the id of the upload or job they belong to. Folders being
+    fetched (``.fetching.*``) have no id and are left alone."""
+    copies: dict[str, list[Path]] = defaultdict(list)
+    upload_dir = settings.resolved_upload_dir
+    for path in upload_dir.glob(f"*/{uploads.DATASET}s/*"):
+        if ID.fullmatch(path.name):
+            copies[path.name].append(path)
+    for path in upload_dir.glob(f"*/{uploads.CHECKPOINT}s/*.safetensors"):
+        if ID.fullmatch(path.stem):
+            copies[path.stem].append(path)
+    objects = settings.data_dir / "cache" / "objects"
+    for path in objects.rglob("*.*") if objects.is_dir() else ():
+        if path.is_file() and (match := JOB_IN_KEY.search(path.relative_to(objects).as_posix())):
+            copies[match[1]].append(path)
+    return dict(copies)
+
+
+def purge_deleted(settings: Settings, sessions: sessionmaker[Session]) -> list[Path]:
+    """Remove the copies of uploads and job artifacts that no longer exist; returns what was removed.
+
+    With a bucket, the bucket is the store and a worker's copies are a cache: they must not outlive what
+    the tenant deleted, nor fill the worker's disk. A deleted upload cannot be in use (a DELETE is refused
+    while a queued or running job names it), and a deleted job has finished, so nothing reads a copy
+    this removes.
+    """
+    copies = local_copies(settings)
+    with sessions() as session:
+        alive = still_stored(session, set(copies))
+    removed = []
+    for gone in copies.keys() - alive:
+        for path in copies[gone]:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed

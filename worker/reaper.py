@@ -1,6 +1,7 @@
 """Each worker's housekeeping thread: it reports the worker alive (``/readyz`` counts live workers), brings
-back jobs whose worker died (their lease expired without a heartbeat renewing it), and re-sends queued
-jobs whose message never reached the broker or was lost by it.
+back jobs whose worker died (their lease expired without a heartbeat renewing it), re-sends queued jobs
+whose message never reached the broker or was lost by it, and, with a bucket, drops this worker's copies
+of uploads and artifacts that have been deleted.
 
 Every worker runs one; the store's conditional updates make concurrent reapers act once, and a duplicate
 message is harmless because only one claim can win.
@@ -20,6 +21,8 @@ from store import jobs as store
 from store.db import make_engine, session_factory, transaction
 from store.queue import dispatch
 from store.settings import Settings
+
+from .inputs import purge_deleted
 
 log = logging.getLogger("rlprune.worker")
 WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
@@ -56,9 +59,11 @@ def redispatch_once(sessions: sessionmaker[Session], client: Celery, resend_afte
 def start_reaper(settings: Settings, client: Celery) -> threading.Thread:
     sessions = session_factory(make_engine(settings.resolved_database_url, pool_size=1))
 
-    steps = (lambda: _beat(sessions),
+    steps = [lambda: _beat(sessions),
              lambda: reap_once(sessions, client, settings.max_attempts, settings.heartbeat_seconds),
-             lambda: redispatch_once(sessions, client, settings.redispatch_seconds))
+             lambda: redispatch_once(sessions, client, settings.redispatch_seconds)]
+    if settings.storage_url:  # without a bucket the upload folder is the store itself, and the API deletes
+        steps.append(lambda: _purge(settings, sessions))
 
     def loop() -> None:
         while True:
@@ -77,3 +82,8 @@ def start_reaper(settings: Settings, client: Celery) -> threading.Thread:
 def _beat(sessions: sessionmaker[Session]) -> None:
     with transaction(sessions) as session:
         store.beat(session, WORKER_NAME)
+
+
+def _purge(settings: Settings, sessions: sessionmaker[Session]) -> None:
+    for path in purge_deleted(settings, sessions):
+        log.info("removed the local copy %s: its upload or job was deleted", path.name)
