@@ -8,11 +8,12 @@ predicted latency ratio is compared with the measured one; MACs ratios ride alon
 reduction buys is there too.
 
 Part 2, jobs on the CIFAR-10 sample: per model and seed one pretraining job; then, per batch size, a job
-with ``budget: {metric: latency, keep: 0.5}`` on that target, and a MACs-budget job whose MACs keep is
-chosen so that the uniform allocation at that keep is predicted to be exactly as fast as the latency job
-measured. Both use the ``random-search`` agent at the same evaluations and finetune the same way; both
-final models are timed against the unpruned one afterwards, so the table shows the speeds actually
-reached next to the accuracies. Selection never looks at the test set.
+with ``budget: {metric: latency, keep: 0.5}`` on that target, and a MACs-budget job whose network measures
+as fast as the latency job's: its MACs keep is found by up to PROBES searches without finetuning (secant
+steps on the measured latency, starting from the keep at which the table prices the uniform allocation as
+fast). Both use the ``random-search`` agent at the same evaluations and finetune the same way; each final
+model is timed against the unpruned one, so the table shows the speeds actually reached next to the
+accuracies. Selection never looks at the test set: the keep is chosen by latency alone.
 
 Jobs cache in ``bench/results/<name>_cells.json`` and resume from their folders: run again to continue.
 
@@ -26,6 +27,7 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +55,8 @@ SIZE = 32
 PRETRAIN = {"epochs": 12, "batch_size": 128}
 FINETUNE = {"epochs": 6, "batch_size": 128}
 SEARCH = {"agent": "random-search", "steps": 4, "samples_per_step": 16}
+PROBES = 3  # MACs-budget searches to find the keep whose network is as fast as the latency job's
+SPEED_MATCH = 0.03  # close enough: repeated measurements of one network differ by 2-4 %
 
 
 def _model(name: str) -> tuple[torch.nn.Module, list, CostModel, torch.Tensor]:
@@ -105,7 +109,7 @@ def _measure_final(workdir: Path, pretrained: torch.nn.Module, target: Target) -
 
 def job_cells(name: str, seed: int, batch: int, threads: int, cells: Cells, workdir: Path,
               pretrain_epochs: int) -> list[dict]:
-    """A latency-budget job and a MACs-budget job predicted to be as fast; both measured afterwards."""
+    """A latency-budget job, and a MACs-budget job whose network measures as fast."""
     model_spec = MODELS[name]
     pretrain_dir = workdir / f"{name}-{seed}-pretrain"
     run_pipeline(_job(f"{name}-pretrain", seed, model=model_spec, pretrain={**PRETRAIN, "epochs": pretrain_epochs},
@@ -129,29 +133,54 @@ def job_cells(name: str, seed: int, batch: int, threads: int, cells: Cells, work
 
     latency = cells.run(f"{name}|{seed}|b{batch}|latency", latency_job)
 
-    def macs_job() -> dict:
-        model, groups, cost, example = _model(name)
-        table, _ = load_or_build(model, groups, cost, example, target, workdir / f"{name}-b{batch}-table.json",
-                                 workdir / "cache")
-        priced = cost.with_latency(table)
-        counts = project_counts(cost.group_sizes.astype(float), priced, Budget("latency", latency["job_latency_kept"]))
-        keep = round(float(cost.keep_fraction(np.array(counts), "macs")), 4)
-        job = _job(f"{name}-macs-b{batch}", seed, model=start,
+    pretrained = build_model(ModelConfig(model_spec["arch"], 10, 3, model_spec["width"]))
+    pretrained.load_state_dict(load_file(str(checkpoint)))
+    if "latency_kept" not in latency:
+        latency.update(_measure_final(workdir / f"{name}-{seed}-latency-b{batch}", pretrained, target))
+        cells.save()
+
+    def macs_job(keep: float, finetune: dict, tag: str) -> dict:
+        job = _job(f"{name}-macs-b{batch}", seed, model=start, finetune=finetune,
                    prune={**SEARCH, "budget": BudgetSpec(metric="macs", keep=keep).model_dump()})
-        folder = workdir / f"{name}-{seed}-macs-b{batch}"
+        folder = workdir / f"{name}-{seed}-{tag}-b{batch}"
         report = run_pipeline(job, folder, locations=locations)
         return {"model": name, "seed": seed, "batch": batch, "budget": "macs", "keep": keep,
                 "final_accuracy": report["final"]["accuracy"], "macs_kept": report["budget"]["achieved"],
-                "job_s": round(sum(report["timings_s"].values()), 1)}
+                "job_s": round(sum(report["timings_s"].values()), 1),
+                **_measure_final(folder, pretrained, target)}
 
-    macs = cells.run(f"{name}|{seed}|b{batch}|macs", macs_job)
-    pretrained = build_model(ModelConfig(model_spec["arch"], 10, 3, model_spec["width"]))
-    pretrained.load_state_dict(load_file(str(checkpoint)))
-    for row, kind in ((latency, "latency"), (macs, "macs")):
-        if "latency_kept" not in row:  # timed together, after both jobs, on the same quiet machine
-            row.update(_measure_final(workdir / f"{name}-{seed}-{kind}-b{batch}", pretrained, target))
-    cells.save()
+    keep = _macs_keep_at_speed(name, seed, batch, latency["latency_kept"], cells,
+                               lambda k: macs_job(k, {"epochs": 0}, f"probe{k:.4f}"),
+                               _table_keep(name, target, latency["job_latency_kept"], workdir))
+    macs = cells.run(f"{name}|{seed}|b{batch}|macs-at-speed", lambda: macs_job(keep, FINETUNE, f"macs{keep:.4f}"))
     return [latency, macs]
+
+
+def _table_keep(name: str, target: Target, latency_kept: float, workdir: Path) -> float:
+    """The MACs keep of the uniform allocation that the table prices at ``latency_kept``: a first guess."""
+    model, groups, cost, example = _model(name)
+    table, _ = load_or_build(model, groups, cost, example, target,
+                             workdir / f"{name}-b{target.batch_size}-table.json", workdir / "cache")
+    counts = project_counts(cost.group_sizes.astype(float), cost.with_latency(table), Budget("latency", latency_kept))
+    return round(float(cost.keep_fraction(np.array(counts), "macs")), 4)
+
+
+def _macs_keep_at_speed(name: str, seed: int, batch: int, latency_kept: float, cells: Cells,
+                        probe: Callable[[float], dict], keep: float) -> float:
+    """The MACs keep whose searched network measures as fast as the latency job's (within SPEED_MATCH):
+    secant steps on measured latency over up to PROBES searches without finetuning (the search alone fixes
+    the network, and it is deterministic for a seed and keep). Returns the closest keep found."""
+    probes: list[dict] = []
+    for _ in range(PROBES):
+        probes.append(cells.run(f"{name}|{seed}|b{batch}|probe|{keep:.4f}", lambda k=keep: probe(k)))
+        if abs(probes[-1]["latency_kept"] / latency_kept - 1) <= SPEED_MATCH:
+            break
+        points = [(p["keep"], p["latency_kept"]) for p in probes]
+        (k0, r0), (k1, r1) = [points[0], *points][-2:]
+        slope = (r1 - r0) / (k1 - k0) if k1 != k0 else 0.0
+        slope = slope if slope > 0 else r1 / k1  # one point, or noise: assume latency in proportion to MACs
+        keep = round(float(np.clip(k1 + (latency_kept - r1) / slope, 0.05, 1.0)), 4)
+    return min(probes, key=lambda p: abs(p["latency_kept"] / latency_kept - 1))["keep"]
 
 
 def cost_table(cells: list[dict]) -> str:
@@ -209,12 +238,14 @@ def main() -> None:
                 f"the predicted ratio being the table's price of the allocation over its price of the unpruned "
                 f"model, as a search sees it.\n\n{cost_table(cost_cells)}\n\n")
     if rows:
-        markdown += (f"## Jobs: a latency budget against a MACs budget predicted to be as fast\n\nCIFAR-10 sample, "
-                     f"pretrain {args.pretrain_epochs} epochs, `random-search` at {SEARCH['steps']} x "
+        markdown += (f"## Jobs: a latency budget against a MACs budget at the same measured speed\n\nCIFAR-10 "
+                     f"sample, pretrain {args.pretrain_epochs} epochs, `random-search` at {SEARCH['steps']} x "
                      f"{SEARCH['samples_per_step']} + 1 evaluations, finetune {FINETUNE['epochs']} epochs, keep "
-                     f"{KEEP} of the measured latency; latencies measured after the jobs, both models against the "
-                     f"unpruned one in interleaved rounds. One test accuracy carries about ±1.4 points of noise "
-                     f"(1,017 test images).\n\n{job_table(rows)}\n\n")
+                     f"{KEEP} of the measured latency; the MACs keep found by up to {PROBES} searches without "
+                     f"finetuning, secant steps on measured latency to within {SPEED_MATCH:.0%} of the latency "
+                     f"job's; latencies measured after the jobs, each model against the unpruned one in "
+                     f"interleaved rounds. One test accuracy carries about ±1.4 points of noise (1,017 test "
+                     f"images).\n\n{job_table(rows)}\n\n")
     markdown += f"Environment: {data['environment']}; wall time {data['wall_s']} s.\n"
     write_results(args.name, data, markdown)
     print(markdown)
