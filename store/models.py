@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -30,6 +31,9 @@ LEASED = (JobStatus.RUNNING, JobStatus.CANCELLING)  # a worker holds the job
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")  # what new_id makes
 
 
 def new_id() -> str:

@@ -21,10 +21,10 @@ from typing import Any
 from sqlalchemy import delete, false, func, insert, literal, select, update
 from sqlalchemy.orm import Session
 
-from .models import FINISHED, Job, Upload, new_id, utcnow
+from .models import FINISHED, ID, Job, Upload, new_id, utcnow
 
 DATASET, CHECKPOINT = "dataset", "checkpoint"
-REFERENCE = re.compile(r"upload:(?P<id>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")
+REFERENCE = re.compile(rf"upload:(?P<id>{ID.pattern})")
 INCOMING = ".incoming"  # under upload_dir: uploads being received and checked, removed when done
 
 

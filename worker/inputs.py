@@ -17,11 +17,11 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from store import uploads
+from store.models import ID
 from store.objects import Bucket, unpack, upload_key
 from store.references import Resolved, still_stored
 from store.settings import Settings
 
-ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 JOB_IN_KEY = re.compile(rf"(?:^|/)jobs/({ID.pattern})/")
 
 

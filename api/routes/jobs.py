@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import re
 import shutil
 import threading
 from collections import Counter
@@ -31,7 +30,7 @@ from rlprune_core.spec import JobSpec
 from store import jobs as store
 from store import references
 from store.db import transaction
-from store.models import FINISHED, Artifact, Job, JobStatus
+from store.models import FINISHED, ID, Artifact, Job, JobStatus
 from store.objects import StorageUnavailable, job_prefix
 from store.queue import dispatch_or_discard
 
@@ -47,7 +46,6 @@ router = APIRouter(prefix="/jobs", tags=["jobs"], responses={
 log = logging.getLogger("rlprune.api")
 STREAM_POLL_SECONDS = 0.5
 MAX_ID = 2**63 - 1
-JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 NOT_FOUND = Problem(404, "Not Found", "no such job")
 
 
@@ -62,7 +60,7 @@ def _changed(request: Request, job_id: str) -> None:
 
 
 def _job(request: Request, tenant: str, job_id: str) -> Job:
-    if not JOB_ID.fullmatch(job_id):
+    if not ID.fullmatch(job_id):
         raise NOT_FOUND
     with _sessions(request)() as session:
         job = store.get_job(session, tenant, job_id)
@@ -143,7 +141,7 @@ async def read(job_id: str, request: Request) -> Response:
     """The route clients poll, so it is lean: the tenant and If-None-Match are read from the request
     directly (FastAPI's dependency solving cost a third of the request here), and the body comes ready to
     send from ``api.reads`` (handing FastAPI the model would dump, re-validate and dump it again)."""
-    job = await request.app.state.reader.job(request.state.tenant, job_id) if JOB_ID.fullmatch(job_id) else None
+    job = await request.app.state.reader.job(request.state.tenant, job_id) if ID.fullmatch(job_id) else None
     if job is None:
         raise NOT_FOUND
     if_none_match = request.headers.get("if-none-match", "")[:1000]
@@ -164,7 +162,7 @@ def report(job_id: str, request: Request, tenant: TenantDep) -> dict[str, Any]:
 @router.post("/{job_id}/cancel", response_model=JobOut, responses={409: {"description": "already finished",
                                                                           **PROBLEM}})
 def cancel(job_id: str, request: Request, tenant: TenantDep) -> JobOut:
-    if not JOB_ID.fullmatch(job_id):
+    if not ID.fullmatch(job_id):
         raise NOT_FOUND
     try:
         with transaction(_sessions(request)) as session:
@@ -179,7 +177,7 @@ def cancel(job_id: str, request: Request, tenant: TenantDep) -> JobOut:
 
 @router.delete("/{job_id}", status_code=204, responses={409: {"description": "not finished yet", **PROBLEM}})
 def delete(job_id: str, request: Request, tenant: TenantDep) -> Response:
-    if not JOB_ID.fullmatch(job_id):
+    if not ID.fullmatch(job_id):
         raise NOT_FOUND
     with transaction(_sessions(request)) as session:
         deleted = store.delete_job(session, tenant, job_id)

@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from store import objects
 from store import uploads as store
 from store.db import transaction
-from store.models import Upload, new_id
+from store.models import ID, Upload, new_id
 
 from .. import archives, intake
 from ..archives import BadUpload
@@ -31,7 +31,7 @@ from ..checkpoints import tensor_count
 from ..problems import Problem, invalid, unavailable
 from ..schemas import CheckpointOut, DatasetOut
 from ..scratch import Scratch
-from .jobs import JOB_ID, PROBLEM
+from .jobs import PROBLEM
 
 log = logging.getLogger("rlprune.api")
 ARCHIVE_TYPES = ("application/x-tar", "application/gzip", "application/x-gzip", "application/zip")
@@ -182,7 +182,7 @@ def _read_routes(router: APIRouter, kind: str, out: type[DatasetOut] | type[Chec
     not_found = Problem(404, "Not Found", f"no such {kind}")
 
     def one(request: Request, tenant: str, upload_id: str) -> Upload:
-        if not JOB_ID.fullmatch(upload_id):
+        if not ID.fullmatch(upload_id):
             raise not_found
         with request.app.state.sessions() as session:
             upload = store.get_upload(session, tenant, kind, upload_id)
@@ -202,7 +202,7 @@ def _read_routes(router: APIRouter, kind: str, out: type[DatasetOut] | type[Chec
     @router.delete("/{upload_id}", status_code=204, responses=DELETE_RESPONSES, name=f"delete_{kind}")
     def delete(upload_id: str, request: Request, tenant: TenantDep) -> Response:
         """Its files go with it. A job that names it and is still queued or running makes this a 409."""
-        if not JOB_ID.fullmatch(upload_id):
+        if not ID.fullmatch(upload_id):
             raise not_found
         with transaction(request.app.state.sessions) as session:
             deleted = store.delete_upload(session, tenant, kind, upload_id)

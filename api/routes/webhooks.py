@@ -16,12 +16,12 @@ from starlette.concurrency import run_in_threadpool
 
 from store import webhooks as store
 from store.db import transaction
-from store.models import WebhookEndpoint
+from store.models import ID, WebhookEndpoint
 
 from ..auth import TenantDep
 from ..problems import Problem, invalid
 from ..schemas import DeliveryOut, DeliveryPage, WebhookCreated, WebhookOut
-from .jobs import JOB_ID, MAX_ID, PROBLEM
+from .jobs import MAX_ID, PROBLEM
 
 router = APIRouter(prefix="/webhooks", tags=["webhooks"], responses={
     401: {"description": "no valid API key", **PROBLEM}, 404: {"description": "no such webhook of yours", **PROBLEM},
@@ -46,7 +46,7 @@ class WebhookIn(BaseModel):
 
 
 def _endpoint(request: Request, tenant: str, webhook_id: str) -> WebhookEndpoint:
-    if not JOB_ID.fullmatch(webhook_id):
+    if not ID.fullmatch(webhook_id):
         raise NOT_FOUND
     with request.app.state.sessions() as session:
         endpoint = store.get_endpoint(session, tenant, webhook_id)
@@ -91,7 +91,7 @@ def read(webhook_id: str, request: Request, tenant: TenantDep) -> WebhookOut:
 @router.delete("/{webhook_id}", status_code=204)
 def delete(webhook_id: str, request: Request, tenant: TenantDep) -> Response:
     """Its pending messages are dropped with it: nothing more is sent to it."""
-    if not JOB_ID.fullmatch(webhook_id):
+    if not ID.fullmatch(webhook_id):
         raise NOT_FOUND
     with transaction(request.app.state.sessions) as session:
         if not store.delete_endpoint(session, tenant, webhook_id):
