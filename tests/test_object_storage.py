@@ -99,7 +99,9 @@ def test_unpack_refuses_a_tar_that_reaches_outside(tmp_path):
 
 @pytest.fixture(scope="module")
 def deployment(s3, tmp_path_factory):
-    """An API and two workers, each with a data folder of its own."""
+    """An API and two workers, each with a data folder of its own and one compute thread: two processes
+    that each size torch's thread pool to both cores stall at every parallel region (an epoch took 35 times
+    longer than alone)."""
     root = tmp_path_factory.mktemp("deployment")
     with fresh_postgres() as url:
         migrate(url)
@@ -110,7 +112,7 @@ def deployment(s3, tmp_path_factory):
                            "RLPRUNE_DATA_DIR": str(root / "api"), "RLPRUNE_HEARTBEAT_SECONDS": "1", **s3}, root)
         try:
             service.start_api()
-            workers = {name: service.start_worker(name, RLPRUNE_DATA_DIR=str(root / name))
+            workers = {name: service.start_worker(name, RLPRUNE_DATA_DIR=str(root / name), OMP_NUM_THREADS="1")
                        for name in ("left", "right")}
             deadline = time.monotonic() + 120
             while not all(b" ready." in (root / f"{name}.log").read_bytes() for name in workers):
