@@ -16,7 +16,10 @@ and its search seconds.
 
 A full run takes hours on a CPU, so every (configuration, seed, method) cell is cached in
 ``bench/results/<name>_cells.json`` as it finishes, and the jobs themselves resume from their work
-folders: run the same command again to continue.
+folders: run the same command again to continue. A cell records the digest of the pretrained weights it
+was pruned from; when a seed's pretraining gives other weights (a change to the training code, even to the
+last bit of a normalisation constant, does), that seed's older cells are dropped and run again, so no
+difference is ever taken between networks pruned from different starting points.
 
     uv run python -m bench.quality [--configs vgg11-keep0.5 ...] [--seeds 0 1 2 3 4] [--steps 48]
 """
@@ -79,8 +82,13 @@ def method_job(config: str, seed: int, method: str, checkpoint: Path, search: di
     })
 
 
-def _run(config: str, seed: int, method: str, job: JobSpec, workdir: Path) -> dict:
-    return _row(config, seed, method, run_pipeline(job, workdir))
+def _run(config: str, seed: int, method: str, job: JobSpec, workdir: Path, pretrained: str) -> dict:
+    return {**_row(config, seed, method, run_pipeline(job, workdir)), "pretrained": pretrained}
+
+
+def weights_digest(checkpoint: Path) -> str:
+    """Names the pretrained weights a cell was pruned from: a change to training code changes them."""
+    return hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:16]
 
 
 def _row(config: str, seed: int, method: str, report: dict) -> dict:
@@ -108,6 +116,21 @@ class Cells:
             print(json.dumps(self.rows[key]), flush=True)
         return self.rows[key]
 
+    def retire(self, config: str, seed: int, tag: str, pretrained: str) -> None:
+        """Drops this seed's cells pruned from other weights: paired differences need one starting point.
+
+        Pretraining is deterministic for a given code, but a change to it (even the last bit of a
+        normalisation constant) gives other weights; methods run before and after would then be compared
+        from different starting points.
+        """
+        stale = [key for key, row in self.rows.items() if key.endswith(tag) and row["config"] == config
+                 and row["seed"] == seed and row.get("pretrained") != pretrained]
+        for key in stale:
+            print(f"dropped, pruned from other pretrained weights: {key}", flush=True)
+            del self.rows[key]
+        if stale:
+            self.save()
+
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         temporary = self.path.with_suffix(".tmp")
@@ -116,10 +139,11 @@ class Cells:
 
 
 def paired(rows: list[dict], config: str, method: str, reference: str = REFERENCE) -> tuple[float, float, float] | None:
-    """Mean of method minus reference over the seeds both finished, and its 95 % t-interval."""
-    by_seed = {r["seed"]: r["final_accuracy"] for r in rows if r["config"] == config and r["method"] == reference}
-    differences = [r["final_accuracy"] - by_seed[r["seed"]] for r in rows
-                   if r["config"] == config and r["method"] == method and r["seed"] in by_seed]
+    """Mean of method minus reference over the seeds both finished from the same weights, and its 95 % t-interval."""
+    start = {(r["seed"], r.get("pretrained")): r["final_accuracy"] for r in rows
+             if r["config"] == config and r["method"] == reference}
+    differences = [r["final_accuracy"] - start[r["seed"], r.get("pretrained")] for r in rows
+                   if r["config"] == config and r["method"] == method and (r["seed"], r.get("pretrained")) in start]
     if len(differences) < 2:
         return None
     mean = statistics.mean(differences)
@@ -185,6 +209,7 @@ def main() -> None:
     search = {**SEARCH, "steps": args.steps, "samples_per_step": args.samples}
     settings = {"search": search, "pretrain_epochs": args.pretrain_epochs, "finetune_epochs": args.finetune_epochs}
     tag = json.dumps(settings, sort_keys=True)  # cells of other settings are not mixed in
+    settings_id = hashlib.sha256(tag.encode()).hexdigest()[:8]
     cells = Cells(RESULTS / f"{args.name}_cells.json")
     began = time.perf_counter()
     for config in args.configs:
@@ -192,12 +217,14 @@ def main() -> None:
         for seed in args.seeds:
             pretrained = args.workdir / f"{model}-{seed}-pretrain-{args.pretrain_epochs}"
             run_pipeline(pretrain_job(model, seed, args.pretrain_epochs), pretrained)
+            checkpoint = pretrained / "pretrained.safetensors"
+            weights = weights_digest(checkpoint)
+            cells.retire(config, seed, tag, weights)
             for method in args.methods:
-                key = f"{config}|{seed}|{method}|{tag}"
-                workdir = args.workdir / f"{config}-{seed}-{method}-{hashlib.sha256(tag.encode()).hexdigest()[:8]}"
-                job = method_job(config, seed, method, pretrained / "pretrained.safetensors", search,
-                                 args.finetune_epochs)
-                cells.run(key, functools.partial(_run, config, seed, method, job, workdir))
+                key = f"{config}|{seed}|{method}|{weights}|{tag}"
+                workdir = args.workdir / f"{config}-{seed}-{method}-{weights}-{settings_id}"
+                job = method_job(config, seed, method, checkpoint, search, args.finetune_epochs)
+                cells.run(key, functools.partial(_run, config, seed, method, job, workdir, weights))
     rows = [row for key, row in cells.rows.items() if key.endswith(tag)]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     data = {"environment": environment(device), "settings": settings, "dataset": _portable(DATASET),
