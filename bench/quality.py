@@ -82,8 +82,8 @@ def method_job(config: str, seed: int, method: str, checkpoint: Path, search: di
     })
 
 
-def _run(config: str, seed: int, method: str, job: JobSpec, workdir: Path, pretrained: str) -> dict:
-    return {**_row(config, seed, method, run_pipeline(job, workdir)), "pretrained": pretrained}
+def _run(config: str, seed: int, method: str, job: JobSpec, workdir: Path, weights: str) -> dict:
+    return {**_row(config, seed, method, run_pipeline(job, workdir)), "pretrained": weights}
 
 
 def weights_digest(checkpoint: Path) -> str:
@@ -116,7 +116,7 @@ class Cells:
             print(json.dumps(self.rows[key]), flush=True)
         return self.rows[key]
 
-    def retire(self, config: str, seed: int, tag: str, pretrained: str) -> None:
+    def retire(self, config: str, seed: int, tag: str, weights: str) -> None:
         """Drops this seed's cells pruned from other weights: paired differences need one starting point.
 
         Pretraining is deterministic for a given code, but a change to it (even the last bit of a
@@ -124,7 +124,7 @@ class Cells:
         from different starting points.
         """
         stale = [key for key, row in self.rows.items() if key.endswith(tag) and row["config"] == config
-                 and row["seed"] == seed and row.get("pretrained") != pretrained]
+                 and row["seed"] == seed and row.get("pretrained") != weights]
         for key in stale:
             print(f"dropped, pruned from other pretrained weights: {key}", flush=True)
             del self.rows[key]
@@ -138,12 +138,16 @@ class Cells:
         temporary.replace(self.path)
 
 
+def _origin(row: dict) -> tuple[int, str | None]:
+    """What a cell was pruned from: its seed and pretrained weights (None in cells made before the digest)."""
+    return row["seed"], row.get("pretrained")
+
+
 def paired(rows: list[dict], config: str, method: str, reference: str = REFERENCE) -> tuple[float, float, float] | None:
     """Mean of method minus reference over the seeds both finished from the same weights, and its 95 % t-interval."""
-    start = {(r["seed"], r.get("pretrained")): r["final_accuracy"] for r in rows
-             if r["config"] == config and r["method"] == reference}
-    differences = [r["final_accuracy"] - start[r["seed"], r.get("pretrained")] for r in rows
-                   if r["config"] == config and r["method"] == method and (r["seed"], r.get("pretrained")) in start]
+    start = {_origin(r): r["final_accuracy"] for r in rows if r["config"] == config and r["method"] == reference}
+    differences = [r["final_accuracy"] - start[_origin(r)] for r in rows
+                   if r["config"] == config and r["method"] == method and _origin(r) in start]
     if len(differences) < 2:
         return None
     mean = statistics.mean(differences)
