@@ -13,10 +13,19 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def _cpu_model() -> str:
+    """The CPU's model name: results (even trained weights) can differ between CPUs."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor()
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
+
+
 def environment(device: torch.device) -> dict:
     info = {"date": datetime.now(UTC).strftime("%Y-%m-%d"), "torch": torch.__version__,
             "python": platform.python_version(), "cpu_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-            "device": str(device)}
+            "cpu": _cpu_model(), "cpu_kernels": torch.backends.cpu.get_cpu_capability(), "device": str(device)}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info

@@ -10,16 +10,17 @@ what a user would do without a search. The default agent is marked in the table.
 
 Selection never looks at the test set: searches score on half of the validation split and report their
 result's proxy on the other half. Per configuration, the table gives each method's final test accuracy,
-its paired difference against uniform l1 over seeds with a 95 % t-interval (and a learning search's
+its paired difference against uniform l1 over starting points with a 95 % t-interval (and a learning search's
 against random-search, what it must beat at the same evaluations), its held-out proxy, its evaluations
 and its search seconds.
 
-A full run takes hours on a CPU, so every (configuration, seed, method) cell is cached in
+A full run takes hours on a CPU, so every (configuration, seed, method, weights) cell is cached in
 ``bench/results/<name>_cells.json`` as it finishes, and the jobs themselves resume from their work
 folders: run the same command again to continue. A cell records the digest of the pretrained weights it
-was pruned from; when a seed's pretraining gives other weights (a change to the training code, even to the
-last bit of a normalisation constant, does), that seed's older cells are dropped and run again, so no
-difference is ever taken between networks pruned from different starting points.
+was pruned from, and differences are taken only between cells pruned from the same weights: a *starting
+point* is a seed's pretrained weights. Pretraining reproduces bit for bit on one machine, but another CPU
+(other vector kernels) or a change to the training code gives the same seed other weights, and so a
+second starting point; cells of both are kept, each paired within its own.
 
     uv run python -m bench.quality [--configs vgg11-keep0.5 ...] [--seeds 0 1 2 3 4] [--steps 48]
 """
@@ -116,21 +117,6 @@ class Cells:
             print(json.dumps(self.rows[key]), flush=True)
         return self.rows[key]
 
-    def retire(self, config: str, seed: int, tag: str, weights: str) -> None:
-        """Drops this seed's cells pruned from other weights: paired differences need one starting point.
-
-        Pretraining is deterministic for a given code, but a change to it (even the last bit of a
-        normalisation constant) gives other weights; methods run before and after would then be compared
-        from different starting points.
-        """
-        stale = [key for key, row in self.rows.items() if key.endswith(tag) and row["config"] == config
-                 and row["seed"] == seed and row.get("pretrained") != weights]
-        for key in stale:
-            print(f"dropped, pruned from other pretrained weights: {key}", flush=True)
-            del self.rows[key]
-        if stale:
-            self.save()
-
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         temporary = self.path.with_suffix(".tmp")
@@ -144,7 +130,7 @@ def _origin(row: dict) -> tuple[int, str | None]:
 
 
 def paired(rows: list[dict], config: str, method: str, reference: str = REFERENCE) -> tuple[float, float, float] | None:
-    """Mean of method minus reference over the seeds both finished from the same weights, and its 95 % t-interval."""
+    """Mean of method minus reference over the starting points both finished from, and its 95 % t-interval."""
     start = {_origin(r): r["final_accuracy"] for r in rows if r["config"] == config and r["method"] == reference}
     differences = [r["final_accuracy"] - start[_origin(r)] for r in rows
                    if r["config"] == config and r["method"] == method and _origin(r) in start]
@@ -168,7 +154,7 @@ def _interval(difference: tuple[float, float, float] | None) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| config | method | seeds | final accuracy | minus l1 (95 % CI) "
+    lines = ["| config | method | starting points | final accuracy | minus l1 (95 % CI) "
              f"| minus {SEARCH_REFERENCE} (95 % CI) | proxy log-lik (held-out) "
              "| proxy top-1 (held-out) | MACs kept | evaluations | search s | search share of job |",
              "|---|" + "---|" * 11]
@@ -223,7 +209,6 @@ def main() -> None:
             run_pipeline(pretrain_job(model, seed, args.pretrain_epochs), pretrained)
             checkpoint = pretrained / "pretrained.safetensors"
             weights = weights_digest(checkpoint)
-            cells.retire(config, seed, tag, weights)
             for method in args.methods:
                 key = f"{config}|{seed}|{method}|{weights}|{tag}"
                 workdir = args.workdir / f"{config}-{seed}-{method}-{weights}-{settings_id}"
@@ -238,10 +223,11 @@ def main() -> None:
                 f"`uv run python -m bench.quality` on the CIFAR-10 sample; pretrain {args.pretrain_epochs} "
                 f"epochs, finetune {args.finetune_epochs}; searches {search['steps']} steps x "
                 f"{search['samples_per_step']} candidates (+1: the policy's mode). Accuracies are test-set "
-                f"fractions, mean ± std over seeds; `minus l1` is the paired difference against uniform l1 with a "
-                f"95 % t-interval over seeds, `minus {SEARCH_REFERENCE}` a search's against {SEARCH_REFERENCE} at "
-                f"the same evaluations; the proxy is the returned network's mean log-likelihood (and "
-                f"top-1) on held-out validation images before finetuning.\n\n{table(rows)}\n\n"
+                f"fractions, mean ± std over starting points (a seed's pretrained weights: the same seed "
+                f"pretrained on another CPU is another); `minus l1` is the paired difference against uniform l1 "
+                f"with a 95 % t-interval over starting points, `minus {SEARCH_REFERENCE}` a search's against "
+                f"{SEARCH_REFERENCE} at the same evaluations; the proxy is the returned network's mean "
+                f"log-likelihood (and top-1) on held-out validation images before finetuning.\n\n{table(rows)}\n\n"
                 f"Environment: {data['environment']}; wall time of this invocation {data['wall_s']} s.\n")
     suffix = "" if device.type == "cpu" else f"_{device.type}"
     write_results(f"{args.name}{suffix}", data, markdown)
