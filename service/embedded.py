@@ -106,6 +106,10 @@ def serve(settings: Settings, host: str, port: int) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        # A repeated interrupt must not cut the warm stop short with a traceback: `uv run` without a
+        # terminal forwards SIGINT on top of the process group's own. The stop is bounded anyway.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         worker.stop()
     return 1 if worker.gave_up else 0
 

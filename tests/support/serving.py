@@ -74,6 +74,10 @@ def start_serve(data_dir) -> tuple[subprocess.Popen, httpx.Client]:
     raise AssertionError("serve did not become ready")
 
 
-def stop_serve(process: subprocess.Popen) -> int:
-    process.send_signal(signal.SIGINT)
+def stop_serve(process: subprocess.Popen, interrupts: int = 1) -> int:
+    """Ctrl-C, ``interrupts`` times a fraction of a second apart; serve's exit code."""
+    for number in range(interrupts):
+        if number:
+            time.sleep(0.3)
+        process.send_signal(signal.SIGINT)
     return process.wait(timeout=60)
