@@ -18,8 +18,14 @@ serve: $(filter .tools/bin/uv,$(UV))  ## the API and one worker on an embedded s
 demo: $(filter .tools/bin/uv,$(UV))  ## prune a VGG-11 on the bundled digits to <= 50 % of its MACs (about a minute on a laptop CPU)
 	$(RUN) rlprune run examples/digits.json --out runs/digits
 
+# Test files run side by side, one process per core of a 2-core machine (pytest-xdist): most of the suite's
+# time is spent waiting on the servers, workers and databases it starts, which one process leaves half idle.
+# A file stays in one process (its module-wide servers and Redis database are its own); files with slow
+# tests start first (tests/conftest.py), so no long one starts last.
+TEST_PROCESSES ?= 2
+
 test: $(filter .tools/bin/uv,$(UV))  ## the test suite, then the linter
-	$(RUN) pytest -q
+	$(RUN) pytest -q -n $(TEST_PROCESSES) --dist loadfile --no-loadscope-reorder
 	$(RUN) ruff check .
 
 lint: $(filter .tools/bin/uv,$(UV))

@@ -9,6 +9,7 @@ tenant owns a job from the start, so that tenant isolation is checked against a 
 The tests are built with ``schema.parametrize()`` from the document the application generates, because
 the pytest integration that loads a schema from a fixture does not work with pytest 9.2 (it sets
 ``Node._nodeid``, which pytest's nodes no longer have); the requests still go to the running server.
+tests/conftest.py gives each operation's test an id of its own, which pytest 9.2 does not.
 """
 
 from __future__ import annotations

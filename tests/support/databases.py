@@ -48,13 +48,22 @@ def fresh_postgres() -> Iterator[str]:
 REDIS_URL = os.environ.get("RLPRUNE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
+# Databases 0 to 4 are nobody's: modules run side by side (pytest-xdist) take them as their shared one.
+_SIDE_BY_SIDE_SHARED = (4, 3, 2, 1, 0)
+
+
 def fresh_redis(number: int | None = None) -> str:
-    """An emptied Redis database for one test module: ``number`` of the test server, or the database
-    RLPRUNE_TEST_REDIS_URL names (15 by default). Modules that start workers take a number of their own
-    (6 to 14, one each), so messages one leaves behind (jobs no worker took) never reach another module's
-    workers, even when modules run side by side."""
+    """An emptied Redis database for one test module: ``number`` of the test server, or the process's
+    shared one: the database RLPRUNE_TEST_REDIS_URL names (15 by default) for pytest alone or its first
+    side-by-side process (pytest-xdist's gw0), 4, 3, 2, … for the others, so that one flushing it never
+    empties another's under its feet. Modules that start workers take a number of their own (5 to 14, one
+    each), so messages one leaves behind (jobs no worker took) never reach another module's workers."""
     import redis
 
+    if number is None and (side := int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))):
+        if side > len(_SIDE_BY_SIDE_SHARED):
+            raise RuntimeError(f"at most {len(_SIDE_BY_SIDE_SHARED) + 1} test processes share one Redis server")
+        number = _SIDE_BY_SIDE_SHARED[side - 1]
     url = REDIS_URL if number is None else urlunsplit(urlsplit(REDIS_URL)._replace(path=f"/{number}"))
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=2)
