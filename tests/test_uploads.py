@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import os
 import stat
 import tarfile
 import threading
 import time
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -27,24 +25,11 @@ from api.scratch import UNCLAIMED_SECONDS
 from .support.databases import fresh_redis
 from .support.jobs import finished, wait_for
 from .support.serving import served_api
-from .support.uploads import image_folder, job, png, post_raw, tar
+from .support.uploads import image_folder, job, link, png, post_raw, tar, zipped
 
 KB = 1 << 10
 MAX_UPLOAD, MEMBER_CAP, QUOTA = 256 * KB, 128 * KB, 400 * KB
 TYPES = {"tar": "application/x-tar", "tar.gz": "application/gzip", "zip": "application/zip"}
-
-
-def zipped(files: dict[str, bytes], modes: dict[str, int] | None = None) -> bytes:
-    """A zip of ``files``; ``modes`` gives some members a Unix file type and mode, as Info-ZIP records it."""
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w") as archive:
-        for name, data in files.items():
-            info = zipfile.ZipInfo(name)
-            info.compress_type = zipfile.ZIP_DEFLATED
-            if modes and name in modes:
-                info.create_system, info.external_attr = 3, modes[name] << 16
-            archive.writestr(info, data)
-    return out.getvalue()
 
 
 def archive(kind: str, files: dict[str, bytes]) -> bytes:
@@ -152,12 +137,6 @@ def test_a_malformed_checkpoint_is_refused(service, body, reason):
     alice, _, _ = service
     refused(post_raw(alice, "/checkpoints", body, "application/octet-stream"), 422, "file:", reason)
     assert alice.get("/checkpoints").json() == []
-
-
-def link(name: str, target: str, kind: bytes) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type, info.linkname = kind, target
-    return info
 
 
 @pytest.mark.parametrize(("body", "words"), [
