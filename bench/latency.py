@@ -35,11 +35,14 @@ import torch
 from safetensors.torch import load_file
 
 from rlprune_core import JobSpec, load_model, run_pipeline
+from rlprune_core.budgets import TOLERANCE
 from rlprune_core.cost import CostModel
-from rlprune_core.latency import TOLERANCE, Target, build_table, load_or_build, measure_models
+from rlprune_core.device import copy_to
+from rlprune_core.latency.table import build_table, load_or_build
+from rlprune_core.latency.target import Target
+from rlprune_core.latency.timing import measure_models
 from rlprune_core.locations import Locations
 from rlprune_core.models import ModelConfig, build_model
-from rlprune_core.pipeline import copy_to
 from rlprune_core.selection import Budget, project_counts, select_random
 from rlprune_core.spec import BudgetSpec
 from rlprune_core.structure import find_groups
@@ -73,7 +76,7 @@ def cost_model_cell(name: str, batch: int, threads: int, allocations: int) -> di
     model, groups, cost, example = _model(name)
     target = Target("cpu", batch, threads)
     table = build_table(model, groups, cost, example, target)
-    priced = cost.with_latency(table)  # the ratio a search sees: predicted pruned over predicted unpruned
+    priced = cost.with_predictor("latency", table)  # the ratio a search sees: predicted pruned over predicted unpruned
     rng = np.random.default_rng(0)
     rows = []
     for index in range(allocations):
@@ -161,7 +164,8 @@ def _table_keep(name: str, target: Target, latency_kept: float, workdir: Path) -
     model, groups, cost, example = _model(name)
     table, _ = load_or_build(model, groups, cost, example, target,
                              workdir / f"{name}-b{target.batch_size}-table.json", workdir / "cache")
-    counts = project_counts(cost.group_sizes.astype(float), cost.with_latency(table), Budget("latency", latency_kept))
+    priced = cost.with_predictor("latency", table)
+    counts = project_counts(cost.group_sizes.astype(float), priced, Budget("latency", latency_kept))
     return round(float(cost.keep_fraction(np.array(counts), "macs")), 4)
 
 

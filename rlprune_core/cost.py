@@ -1,5 +1,5 @@
-"""Analytic MACs and parameter counts of a model as a function of its kept channel counts, and (for a
-latency budget) the target's measured latency table read through the same channel indices.
+"""Analytic MACs and parameter counts of a model as a function of its kept channel counts, and any other
+cost a :class:`Predictor` prices from the same counts (a latency budget's measured table).
 
 Pruning changes only channel counts, so each conv/linear costs (per-pair cost) x (inputs kept) x (outputs
 kept). Recording the per-pair costs once from the real modules lets the budget fit and the search price a
@@ -8,17 +8,25 @@ candidate without building it; a test checks the result against the physically p
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
+from .device import eval_mode
 from .structure import PrunableGroup
 
-if TYPE_CHECKING:
-    from .latency import LatencyTable
+COUNTED = ("macs", "params")  # the metrics the cost model counts itself
+
+
+class Predictor(Protocol):
+    """A cost the cost model cannot count, priced from kept channel counts in its group order."""
+
+    def predict(self, counts: np.ndarray) -> np.ndarray:
+        """The cost of one counts vector (G,) or a batch of them (K, G)."""
 
 
 @dataclass(frozen=True)
@@ -33,7 +41,8 @@ class CostModel:
     single_params: np.ndarray  # (S,)
     layers: tuple[str, ...] = ()  # (L,) the conv/linear modules behind pair_in/pair_out, in that order
     norms: tuple[tuple[str, int], ...] = ()  # each BatchNorm and the index of its channel count
-    latency: LatencyTable | None = None  # the target's measured table, when a budget is in latency
+    # metric -> predictor, for metrics it does not count itself (a latency budget's table)
+    predictors: Mapping[str, Predictor] = field(default_factory=dict)
 
     @classmethod
     def from_model(cls, model: nn.Module, groups: list[PrunableGroup], example: torch.Tensor) -> CostModel:
@@ -45,11 +54,8 @@ class CostModel:
                 lambda _m, _i, out, name=name: spatial.__setitem__(name, out[0, 0].numel()))
             for name, module in model.named_modules() if isinstance(module, nn.Conv2d)
         ]
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(example[:1])
-        model.train(was_training)
         for hook in hooks:
             hook.remove()
 
@@ -96,8 +102,8 @@ class CostModel:
             layers=tuple(layers), norms=tuple(norms),
         )
 
-    def with_latency(self, table: LatencyTable) -> CostModel:
-        return replace(self, latency=table)
+    def with_predictor(self, metric: str, predictor: Predictor) -> CostModel:
+        return replace(self, predictors={**self.predictors, metric: predictor})
 
     def _extended(self, counts: np.ndarray) -> np.ndarray:
         counts = np.asarray(counts, dtype=np.float64)
@@ -115,11 +121,11 @@ class CostModel:
         return weights + (self.single_params * c[..., self.single_index]).sum(-1)
 
     def cost(self, counts: np.ndarray, metric: str) -> np.ndarray:
-        if metric == "latency":
-            if self.latency is None:
-                raise ValueError("a latency budget needs the target's latency table (CostModel.with_latency)")
-            return self.latency.predict(counts)
-        return self.macs(counts) if metric == "macs" else self.params(counts)
+        if metric in COUNTED:
+            return self.macs(counts) if metric == "macs" else self.params(counts)
+        if metric not in self.predictors:
+            raise ValueError(f"no predictor prices {metric} (CostModel.with_predictor)")
+        return self.predictors[metric].predict(counts)
 
     def keep_fraction(self, counts: np.ndarray, metric: str) -> np.ndarray:
         """Cost of ``counts`` as a fraction of the unpruned model's."""

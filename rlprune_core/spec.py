@@ -209,6 +209,9 @@ class PruneSpec(_Strict):
 
 class ExportSpec(_Strict):
     formats: list[ExportFormat] = Field(default_factory=lambda: ["safetensors", "pt2", "onnx"])
+    latency_batches: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
+        default_factory=lambda: [1, 64], max_length=4,
+        description="batch sizes at which the report times the pruned model against the unpruned one; [] for none")
 
     @model_validator(mode="after")
     def _safetensors_is_canonical(self) -> ExportSpec:
@@ -216,6 +219,8 @@ class ExportSpec(_Strict):
             raise ValueError("must include 'safetensors': the other formats are checked against it")
         if len(set(self.formats)) != len(self.formats):
             raise ValueError("lists a format twice")
+        if len(set(self.latency_batches)) != len(self.latency_batches):
+            raise ValueError("lists a latency batch size twice")
         return self
 
 

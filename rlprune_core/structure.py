@@ -14,6 +14,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from .device import eval_mode
+
 _OUT_HANDLERS = {"prune_out_channels"}
 
 
@@ -49,11 +51,8 @@ def head_layers(model: nn.Module) -> list[nn.Module]:
 
 
 def dependency_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
-    was_training = model.training
-    model.eval()
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
-    model.train(was_training)
-    return graph
+    with eval_mode(model):
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example)
 
 
 def find_groups(model: nn.Module, example: torch.Tensor) -> list[PrunableGroup]:

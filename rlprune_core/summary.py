@@ -21,11 +21,10 @@ def report_summary(report: dict) -> Group:
         ("params", lambda s: f"{s['params'] / 1e6:.3f} M", lambda: f"{final['params'] / before['params']:.3f}x"),
         ("MACs", lambda s: f"{s['macs'] / 1e6:.2f} M", lambda: f"{final['macs'] / before['macs']:.3f}x"),
     ]
-    for batch in ("batch1", "batch64"):
-        rows.append((f"latency {batch} (ms)", lambda s, b=batch: f"{s['latency_ms'][b]:.2f}",
-                     lambda b=batch: f"{before['latency_ms'][b] / final['latency_ms'][b]:.2f}x faster"))
     for label, cell, ratio in rows:
         table.add_row(label, cell(before), cell(pruned), cell(final), ratio())
+    for label, unpruned, finetuned, speedup in _latency_rows(report):
+        table.add_row(label, unpruned, "", finetuned, speedup)
     budget = report.get("budget", {})
     if budget.get("metric") == "latency":
         target, measured = budget["target"], budget["latency_ms"]
@@ -36,6 +35,25 @@ def report_summary(report: dict) -> Group:
         table.add_row(f"{name} baseline accuracy", "", f"{result['pruned_accuracy']:.2%}",
                       f"{result['final_accuracy']:.2%}", "")
     return Group(table, search_summary(report["search"]))
+
+
+def _latency_rows(report: dict) -> list[tuple[str, str, str, str]]:
+    """Per batch size: medians with their quartiles, and the speed-up as its interval allows."""
+    latency = report.get("latency")
+    if latency is None:  # nothing timed, or a report of an earlier version (medians only)
+        before, final = report["baseline"].get("latency_ms", {}), report["final"].get("latency_ms", {})
+        return [(f"latency {b} (ms)", f"{before[b]:.2f}", f"{final[b]:.2f}", f"{before[b] / final[b]:.2f}x")
+                for b in before]
+    rows = []
+    for batch, section in latency["batches"].items():
+        cells = [f"{m['median']:.2f} ({m['q1']:.2f}-{m['q3']:.2f})" for m in (section["unpruned_ms"],
+                                                                               section["pruned_ms"])]
+        speedup = section["speedup"]  # the interval is of the speed-up (unpruned over pruned)
+        rows.append((f"latency batch {batch} (ms)", *cells,
+                     f"{speedup['text']} [{speedup['low']:.2f}-{speedup['high']:.2f}x]"))
+    if latency.get("busy"):
+        rows.append(("latency measured on a busy machine", "", "", "noisy"))
+    return rows
 
 
 def search_summary(search: dict) -> Table:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .data import Split
-from .device import autocast, prepare_input
+from .device import autocast, eval_mode, prepare_input
 from .events import StopCheck
 from .files import write_serialized
 from .loader import BatchLoader
@@ -51,11 +51,8 @@ def accuracy(predict: Callable[[torch.Tensor], torch.Tensor], split: Split, batc
 
 def evaluate(model: nn.Module, split: Split, device: torch.device) -> float:
     """Accuracy in fp32 (no autocast), so it matches what the exported artifacts compute."""
-    was_training = model.training
-    model.eval()
-    result = accuracy(lambda images: model(prepare_input(images.to(device), device)), split)
-    model.train(was_training)
-    return result
+    with eval_mode(model):
+        return accuracy(lambda images: model(prepare_input(images.to(device), device)), split)
 
 
 def _schedule(optimizer: torch.optim.Optimizer, spec: TrainSpec, total_steps: int):

@@ -14,26 +14,18 @@ import torch
 from torch import nn
 
 from rlprune_core import run_pipeline
+from rlprune_core.budgets import TOLERANCE, check_measured
 from rlprune_core.cost import CostModel
 from rlprune_core.errors import BudgetError, BudgetMissedError, SpecError
-from rlprune_core.latency import (
-    GRID_POINTS,
-    TIMING_ENVIRONMENT,
-    TOLERANCE,
-    LatencyTable,
-    Target,
-    _entries,
-    _grid,
-    check_measured,
-    fingerprint,
-    load_or_build,
-    measure_models,
-    resolve_target,
-)
+from rlprune_core.latency.comparison import compare_latency, describe_speedup, is_busy, median_interval, speedup_verdict
+from rlprune_core.latency.table import GRID_POINTS, LatencyTable, _entries, _grid, fingerprint, load_or_build
+from rlprune_core.latency.target import Target, resolve_target
+from rlprune_core.latency.timing import TIMING_ENVIRONMENT, measure_models
 from rlprune_core.models import ModelConfig, build_model
 from rlprune_core.selection import Budget, project_counts
 from rlprune_core.spec import JobSpec
 from rlprune_core.structure import find_groups
+from rlprune_core.surgery import prune_model
 
 from .conftest import tiny_spec
 
@@ -107,7 +99,8 @@ def test_a_measured_table_covers_every_layer_and_norm_and_is_cached(tiny, tmp_pa
 @pytest.mark.parametrize("keep", [0.3, 0.5, 0.8])
 def test_projection_puts_every_candidate_within_the_latency_budget(tiny, keep):
     model, cost, _groups = tiny
-    priced = cost.with_latency(formula_table(model, cost, lambda ci, co, _fi, _fo: 0.001 * ci * co + 0.01 * co))
+    table = formula_table(model, cost, lambda ci, co, _fi, _fo: 0.001 * ci * co + 0.01 * co)
+    priced = cost.with_predictor("latency", table)
     budget = Budget("latency", keep)
     rng = np.random.default_rng(1)
     for _ in range(20):
@@ -118,7 +111,7 @@ def test_projection_puts_every_candidate_within_the_latency_budget(tiny, keep):
 
 def test_a_budget_below_the_fixed_part_is_infeasible(tiny):
     model, cost, _groups = tiny
-    priced = cost.with_latency(formula_table(model, cost, lambda ci, co, _fi, _fo: 0.0001 * ci * co))
+    priced = cost.with_predictor("latency", formula_table(model, cost, lambda ci, co, _fi, _fo: 0.0001 * ci * co))
     with pytest.raises(BudgetError, match="below the smallest model"):
         project_counts(cost.group_sizes.astype(float), priced, Budget("latency", 0.05))
 
@@ -193,9 +186,9 @@ def test_a_table_prices_residual_depthwise_and_gated_networks(arch, tmp_path):
 def test_a_target_with_more_threads_than_the_worker_has_cores_is_refused_where_the_job_runs():
     spec = JobSpec.model_validate({"prune": {"budget": {"metric": "latency", "target": {"threads": 1024}}}})
     with pytest.raises(SpecError, match=r"prune\.budget\.target\.threads"):
-        resolve_target(spec.prune, torch.device("cpu"))
+        resolve_target(spec.prune.budget.target, torch.device("cpu"))
     default = JobSpec.model_validate({"prune": {"budget": {"metric": "latency"}}})
-    assert resolve_target(default.prune, torch.device("cpu")) == Target("cpu", 1, torch.get_num_threads())
+    assert resolve_target(default.prune.budget.target, torch.device("cpu")) == Target("cpu", 1, torch.get_num_threads())
 
 
 class Witness(nn.Module):
@@ -216,3 +209,39 @@ def test_cpu_timings_run_in_a_fresh_process_whose_allocator_keeps_its_memory(tmp
     pid, tunables = json.loads((tmp_path / "where").read_text())
     assert pid != os.getpid() and tunables == TIMING_ENVIRONMENT["GLIBC_TUNABLES"]
     assert measured["witness"] > 0
+
+
+def test_the_median_interval_is_a_sign_test_interval_of_the_rounds():
+    assert median_interval([5, 1, 3, 2, 4, 7, 6]) == (1, 7, pytest.approx(1 - 2 / 128))
+    low, high, coverage = median_interval(list(range(11)))
+    assert (low, high) == (1, 9) and coverage == pytest.approx(1 - 2 * 12 / 2048)
+    assert median_interval([2.0]) == (2.0, 2.0, 0.0)
+
+
+@pytest.mark.parametrize(("low", "median", "high", "words"), [
+    (1.7, 1.84, 1.95, "1.84x faster"),
+    (0.55, 0.625, 0.7, "1.60x slower"),
+    (0.95, 1.01, 1.06, "no measurable change"),
+])
+def test_a_speedup_is_worded_as_its_interval_allows(low, median, high, words):
+    verdict = speedup_verdict(low, high)
+    assert describe_speedup({"median": median, "verdict": verdict}) == words
+
+
+def test_a_timing_is_busy_when_other_processes_took_the_cores_it_needed():
+    cores = os.cpu_count() or 1
+    assert not is_busy(None, cores) and not is_busy(0.1, cores)
+    assert is_busy(cores + 1.0, 1) and is_busy(0.6, cores)
+
+
+def test_the_report_times_both_models_in_turns_with_a_spread_and_a_verdict(tiny):
+    model, _cost, groups = tiny
+    pruned = prune_model(model, groups, [list(range(max(1, g.size // 4))) for g in groups], EXAMPLE)
+    latency = compare_latency(model, pruned, (1, 32, 32), torch.device("cpu"), batches=(1, 4))
+    assert latency["fresh_process"] and set(latency["batches"]) == {"1", "4"}
+    for section in latency["batches"].values():
+        for side in ("unpruned_ms", "pruned_ms"):
+            assert section[side]["q1"] <= section[side]["median"] <= section[side]["q3"]
+        speedup = section["speedup"]
+        assert speedup["low"] <= speedup["median"] <= speedup["high"] and speedup["coverage"] >= 0.95
+        assert speedup["text"] == describe_speedup(speedup) and section["rounds"] >= 7

@@ -27,7 +27,8 @@ from .test_data import write_cifar10
 def finished(tmp_path_factory):
     """One complete job with every export format and both baselines."""
     workdir = tmp_path_factory.mktemp("job")
-    spec = tiny_spec(export={"formats": ["safetensors", "pt2", "onnx"]}, baselines=["l1", "random"])
+    spec = tiny_spec(export={"formats": ["safetensors", "pt2", "onnx"], "latency_batches": [1, 64]},
+                     baselines=["l1", "random"])
     events = []
     report = run_pipeline(spec, workdir, on_event=events.append)
     return spec, workdir, report, events

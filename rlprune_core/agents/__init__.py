@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ..spec import PruneSpec
 from .allocation import AllocationAgent, RandomSearchAgent
-from .base import Agent, SearchContext, SearchResult
+from .base import CALIBRATION_IMAGES, Agent, SearchContext, SearchResult
 from .criteria import UniformAgent
 from .policy_network import PolicyNetworkAgent
 from .reinforce import ReinforceAgent
@@ -16,8 +17,26 @@ AGENTS: dict[str, Callable[[], Agent]] = {
 }
 
 
+UNIFORM = ("l1", "random")  # agents that score one network and search nothing
+
+
 def get_agent(name: str) -> Agent:
     return AGENTS[name]()
 
 
-__all__ = ["AGENTS", "Agent", "SearchContext", "SearchResult", "get_agent"]
+def search_units(spec: PruneSpec, train_size: int, val_size: int) -> float:
+    """The search's work in epochs of training (for the progress estimate): a forward pass costs about a
+    third of a training step.
+
+    Each candidate is scored on the search half of the validation split (capped by ``eval_samples``), after
+    a BatchNorm re-calibration pass over CALIBRATION_IMAGES training images when that is on.
+    """
+    if spec.agent in UNIFORM:
+        return 0.5
+    search = min(max(1, val_size // 2), spec.eval_samples or val_size)
+    per_candidate = search + CALIBRATION_IMAGES * spec.bn_recalibration
+    images = (spec.steps * spec.samples_per_step + 1) * per_candidate
+    return images / (3.0 * train_size) + spec.layer_finetune_steps * (spec.agent == "policy-network")
+
+
+__all__ = ["AGENTS", "UNIFORM", "Agent", "SearchContext", "SearchResult", "get_agent", "search_units"]

@@ -5,21 +5,13 @@ activation and pooling modules that follow it, is timed on its own on the target
 threads) over a grid of its input and output channel counts; a candidate's latency is the sum of its
 entries, interpolated bilinearly between grid points, plus what the entries miss (functional sums, the
 framework's per-call overhead), fitted as a constant plus a term in the activations kept to the unpruned
-model and a few random prunings of it, timed whole (see :func:`_fit_remainder`).
+model and a few random prunings of it, timed whole (see :func:`_fit_remainder`). Everything is timed the
+one way :mod:`.timing` describes.
 
 The table is measured once per (layer shapes, input size, target, torch version, processor) and cached
 as JSON, so a second job on the same worker reuses it; a job also keeps its own copy, so a resumed search
-prices candidates exactly as before.
-
-On the CPU, everything is timed in a new process whose glibc keeps the memory it frees
-(:data:`TIMING_ENVIRONMENT`), so a timing is of the network's arithmetic, not of the allocator's history.
-With glibc's defaults, large activations are often returned to the kernel after a forward pass and
-faulted in again by the next: that was 45 % of the unpruned ResNet-20's latency at batch 64 (76.2 ms
-against 41.8 ms), it shrank with the channels, so pruned networks looked faster than their arithmetic,
-and it hinged on the order of allocations, so one network timed twice in fresh processes differed by up
-to 28 % (median of 8 networks: 5.8 %; with the settings: 9.9 % and 3.4 %). In the process that had
-trained a model or built a table, it was larger still. A deployment gets the measured speed with the same
-settings, or with jemalloc or tcmalloc (README, latency budgets).
+prices candidates exactly as before. It is a :class:`rlprune_core.cost.Predictor`: the cost model reads
+it through the same channel indices as its MACs and params.
 """
 
 from __future__ import annotations
@@ -27,202 +19,27 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import platform
-import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
-from .cost import CostModel
-from .errors import BudgetError, BudgetMissedError, SpecError
-from .files import write_atomically
-from .fresh_process import run_in_fresh_process
-from .metrics import synchronize
-from .selection import Budget, project_counts
-from .spec import LatencyTargetSpec, PruneSpec
-from .structure import PrunableGroup
-from .surgery import prune_model
+from .. import __version__
+from ..cost import CostModel
+from ..files import write_atomically
+from ..structure import PrunableGroup
+from ..surgery import prune_model
+from .target import Target
+from .timing import MODEL_REPEATS, MODEL_ROUNDS, TIMING_ENVIRONMENT, apart, measure, on_target, time_rounds_here
 
 GRID_POINTS = 6  # per channel axis: 36 timings for a conv, 6 for a depthwise conv or a BatchNorm
 CALIBRATION_NETWORKS = 6  # random prunings timed whole, besides the unpruned model, to fit the remainder
-MEASURED_FITS = 4  # times a search's result is measured and, when over the budget, shrunk by the error
 FORMAT = "rlprune.latency/1"
-# The finished model may measure this much over the budget before the job fails: repeated medians of the
-# same model on an idle CPU differ by 1-3 %.
-TOLERANCE = 0.05
-# Tensor cores run fp16/bf16 convolutions fastest when channel counts are multiples of 8 (NVIDIA's
-# performance guide), so a CUDA latency budget rounds widths to 8 unless prune.round_to says otherwise.
-CUDA_ROUND_TO = 8
-# glibc serves blocks up to 32 MiB (its ceiling for this setting) from its heap and keeps up to 1 GiB of
-# freed heap instead of returning it: a steady forward pass then reuses the same pages every call.
-TIMING_ENVIRONMENT = {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824"}
-MODEL_ROUNDS, MODEL_REPEATS = 11, 5  # whole models: interleaved rounds, and timed calls per model and round
-
-_T = TypeVar("_T")
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where latency is measured: ``device`` ("cpu" or "cuda"), ``batch_size``, and CPU ``threads``."""
-
-    device: str
-    batch_size: int
-    threads: int
-
-    @property
-    def torch_device(self) -> torch.device:
-        return torch.device(self.device)
-
-
-def resolve_target(prune: PruneSpec, job_device: torch.device) -> Target:
-    """The spec's target with its defaults filled in: the job's device, the threads this process has."""
-    spec = prune.budget.target or LatencyTargetSpec()
-    device = spec.device or job_device.type
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SpecError("prune.budget.target.device: cuda is not available where this job runs")
-    cores = os.cpu_count() or 1
-    if spec.threads is not None and spec.threads > cores:
-        raise SpecError(f"prune.budget.target.threads: this worker has {cores} cores; timing {spec.threads} threads "
-                        "on them would measure the oversubscription, not the model")
-    return Target(device, spec.batch_size, spec.threads or torch.get_num_threads())
-
-
-def search_spec(prune: PruneSpec, target: Target) -> PruneSpec:
-    """The prune spec a search uses on ``target``: on CUDA, widths rounded as tensor cores like them."""
-    if target.device == "cuda" and prune.round_to is None:
-        return prune.model_copy(update={"round_to": CUDA_ROUND_TO})
-    return prune
-
-
-def meet_measured(model: nn.Module, groups: Sequence[PrunableGroup], kept: list[list[int]], cost: CostModel,
-                  budget: Budget, scores: Sequence[torch.Tensor], example: torch.Tensor, target: Target,
-                  stop: Callable[[], None] = lambda: None) -> tuple[list[list[int]], list[dict]]:
-    """The search's network, measured against the unpruned one; while it is over the budget, its allocation
-    is scaled down (shape kept, see :func:`project_counts`) to a target lowered by the table's error, and
-    measured again.
-
-    A search picks, among thousands of candidates the table priced, the one it likes best: where the table
-    is optimistic about a shape, the search finds it (on ResNet-20 at batch 1 the table said 50.0 % and the
-    network measured 59 %). Checking the one network that will be finetuned costs a few timings.
-    """
-    checks: list[dict] = []
-    target_keep = budget.keep
-    for attempt in range(MEASURED_FITS):
-        stop()
-        counts = np.array([len(k) for k in kept])
-        measured = measure_models({"unpruned": model, "pruned": prune_model(model, groups, kept, example)},
-                                  tuple(example.shape[1:]), target, stop=stop)
-        ratio = measured["pruned"] / measured["unpruned"]
-        checks.append({"predicted": round(float(cost.keep_fraction(counts, "latency")), 4),
-                       "measured": round(ratio, 4)})
-        if ratio <= budget.keep or attempt == MEASURED_FITS - 1:
-            break
-        target_keep *= budget.keep / ratio
-        try:
-            counts = project_counts(counts.astype(float), cost, replace(budget, keep=target_keep))
-        except BudgetError:
-            break  # nothing smaller is allowed: the final measurement says by how much the budget is missed
-        # the channels kept so far stay first in line, then the criterion's order
-        kept = [sorted(sorted(range(len(s)), key=lambda c, was=set(k), s=s: (c not in was, -float(s[c])))[:n])
-                for k, s, n in zip(kept, scores, counts, strict=True)]
-    return kept, checks
-
-
-def check_measured(unpruned_ms: float, pruned_ms: float, keep: float, predicted: float, target: Target) -> dict:
-    """The budget section of a latency job's report; raises when the measurement misses the budget."""
-    achieved = pruned_ms / unpruned_ms
-    where = f"{target.device} at batch {target.batch_size}" + (
-        f" with {target.threads} threads" if target.device == "cpu" else "")
-    if achieved > keep * (1 + TOLERANCE):
-        raise BudgetMissedError(
-            f"prune.budget.keep: the pruned model measured {achieved:.1%} of the unpruned model's latency on {where} "
-            f"({pruned_ms:.3f} against {unpruned_ms:.3f} ms), over the budget of {keep:.1%} plus the "
-            f"{TOLERANCE:.0%} tolerance; the cost model predicted {predicted:.1%}")
-    return {"achieved": achieved, "predicted": predicted, "tolerance": TOLERANCE, "target": asdict(target),
-            "latency_ms": {"unpruned": round(unpruned_ms, 4), "pruned": round(pruned_ms, 4)}}
-
-
-@contextmanager
-def on_target(target: Target) -> Iterator[None]:
-    """Run with the target's thread count (restored afterwards), without autograd."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(target.threads)
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def time_call(fn, device: torch.device, warmup: int, repeats: int, warmup_s: float = 0.0) -> list[float]:
-    """Milliseconds of each of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones (and at least
-    ``warmup_s`` seconds of them: a first call allocates, and a CPU takes a moment to reach its clock)."""
-    began = time.perf_counter()
-    calls = 0
-    while calls < warmup or time.perf_counter() - began < warmup_s:
-        fn()
-        calls += 1
-    synchronize(device)
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append((time.perf_counter() - began) * 1000)
-    return times
-
-
-def measure(module: nn.Module, inputs: torch.Tensor, target: Target, warmup: int = 3, repeats: int = 9) -> float:
-    """Median milliseconds of ``module(inputs)`` on the target (the caller holds :func:`on_target`)."""
-    module = module.to(target.torch_device).eval()
-    inputs = inputs.to(target.torch_device)
-    return statistics.median(time_call(lambda: module(inputs), target.torch_device, warmup, repeats))
-
-
-def measure_models(models: dict[str, nn.Module], input_shape: tuple[int, ...], target: Target,
-                   rounds: int = MODEL_ROUNDS, repeats: int = MODEL_REPEATS,
-                   stop: Callable[[], None] = lambda: None) -> dict[str, float]:
-    """Median milliseconds per forward pass of each model, timed in interleaved rounds (on the CPU in a
-    fresh process, see the module's docstring).
-
-    Interleaving makes a ratio of two models fair on a machine whose load drifts: each round times every
-    model back to back, so a slow spell slows them all.
-    """
-    return _apart(_measure_models, target, stop, models, input_shape, target, rounds, repeats)
-
-
-def _apart(fn: Callable[..., _T], target: Target, stop: Callable[[], None], *args: object) -> _T:
-    """``fn(*args)`` in a fresh process with :data:`TIMING_ENVIRONMENT` for a CPU target. CUDA memory does
-    not come from glibc's heap, and a CUDA context per child would cost seconds and memory beside the
-    job's own, so CUDA times in place."""
-    if target.device == "cpu":
-        return run_in_fresh_process(fn, *args, stop=stop, env=TIMING_ENVIRONMENT)
-    stop()
-    return fn(*args)
-
-
-def _measure_models(models: dict[str, nn.Module], input_shape: tuple[int, ...], target: Target,
-                    rounds: int, repeats: int) -> dict[str, float]:
-    device = target.torch_device
-    x = torch.randn(target.batch_size, *input_shape, device=device)
-    times: dict[str, list[float]] = {name: [] for name in models}
-    with on_target(target):
-        for model in models.values():
-            model.eval()
-            time_call(lambda m=model: m(x), device, warmup=3, repeats=0, warmup_s=0.2)
-        for _ in range(rounds):
-            for name, model in models.items():
-                times[name] += time_call(lambda m=model: m(x), device, warmup=0, repeats=repeats)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def _grid(size: int) -> list[int]:
@@ -395,7 +212,7 @@ def build_table(model: nn.Module, groups: Sequence[PrunableGroup], cost: CostMod
     """Time every entry over its grid on ``target``, then fit what the entries miss to whole networks; on the
     CPU in a fresh process. ``stop`` is called while it runs (it raises to cancel)."""
     began = time.perf_counter()
-    table = _apart(_build_table, target, stop, model, groups, cost, example, target)
+    table = apart(_build_table, target, stop, model, groups, cost, example, target)
     return replace(table, build_seconds=time.perf_counter() - began)
 
 
@@ -456,7 +273,8 @@ def _fit_remainder(model: nn.Module, groups: Sequence[PrunableGroup], cost: Cost
         for _ in range(CALIBRATION_NETWORKS)]
     networks = {f"n{k}": model if k == 0 else prune_model(model, groups, [list(range(c)) for c in counts], example)
                 for k, counts in enumerate(allocations)}
-    measured = _measure_models(networks, tuple(example.shape[1:]), target, MODEL_ROUNDS, MODEL_REPEATS)
+    timed = time_rounds_here(networks, tuple(example.shape[1:]), target, MODEL_ROUNDS, MODEL_REPEATS, None)
+    measured = {name: timed.median(name) for name in networks}
     y = np.array([measured[f"n{k}"] for k in range(len(allocations))]) - layers.predict(np.stack(allocations))
     x = layers.activations(np.stack(allocations))
     intercept, slope = _nonnegative_line(x, y)

@@ -1,0 +1,99 @@
+"""A job's work folder: ``state.json`` (the spec, the stages done and their figures, their timings) and
+the files the stages leave for each other.
+
+Layout::
+
+    state.json                    the spec, stages done, their figures and timings (kept: a finished job
+                                  called again returns its report)
+    checkpoints/                  per-epoch training state and the agent's search state (removed at the end)
+    pretrained.safetensors        the unpruned model after pretraining
+    prune.json                    the kept channels of every network the prune stage hands on (removed at
+                                  the end: model.json holds the returned one's)
+    finetuned.safetensors         the returned network after finetuning (removed at the end)
+    model.safetensors, model.json, model.pt2, model.onnx, report.json   the deliverables
+
+Every write is atomic, so a job killed at any moment finds each file whole or absent.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import WorkdirError
+from .files import TEMP_SUFFIX, write_atomically
+from .spec import JobSpec
+
+# What only a resume needs; removed once the job has succeeded (it can be far larger than the deliverables).
+INTERMEDIATES = ("finetuned.safetensors", "prune.json")
+
+
+class WorkFolder:
+    """The folder and its ``state.json``: opening it checks that it holds this spec's job (or none)."""
+
+    def __init__(self, path: Path, spec: JobSpec):
+        self.path = path
+        self.checkpoints = path / "checkpoints"
+        self.state_path = path / "state.json"
+        path.mkdir(parents=True, exist_ok=True)
+        if self.state_path.exists():
+            self.state = json.loads(self.state_path.read_text())
+            # compared as specs, so a field added by a later version (with its default) is no difference
+            if JobSpec.model_validate(self.state["spec"]) != spec:
+                raise WorkdirError("the work folder holds a different job; use an empty folder for a new spec")
+        else:
+            self.state = {"spec": spec.model_dump(mode="json"), "done": {}, "timings_s": {}, "baselines": {}}
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def done(self) -> dict[str, dict[str, Any]]:
+        """Each finished stage's figures, in the order the stages finished."""
+        return self.state["done"]
+
+    @property
+    def spec_as_given(self) -> dict[str, Any]:
+        return self.state["spec"]
+
+    @property
+    def baselines(self) -> dict[str, dict[str, Any]]:
+        return self.state["baselines"]
+
+    @property
+    def timings(self) -> dict[str, float]:
+        return self.state["timings_s"]
+
+    def save(self) -> None:
+        self.write_json("state.json", self.state)
+
+    def write_json(self, name: str, data: Any) -> None:
+        write_atomically(self.path / name, lambda tmp: tmp.write_text(json.dumps(data, indent=2)))
+
+    def read_json(self, name: str) -> Any:
+        return json.loads((self.path / name).read_text())
+
+    def stage_seconds(self, stage: str, began: float) -> float:
+        """Seconds spent on ``stage``: by earlier, interrupted attempts at it, and by this one since ``began``."""
+        return round(self.timings.get(stage, 0.0) + time.perf_counter() - began, 3)
+
+    def finish_stage(self, stage: str, began: float, *, seconds: float | None = None, **figures: Any) -> None:
+        """Record a stage as done, with its figures and its time."""
+        self.timings[stage] = seconds if seconds is not None else self.stage_seconds(stage, began)
+        self.done[stage] = figures
+        self.save()
+
+    def record_baseline(self, name: str, figures: dict[str, Any]) -> None:
+        self.baselines[name] = figures
+        self.save()
+
+    def remove_intermediates(self) -> None:
+        """Drop what only a resume needs, and temporary files of writers that died before renaming them."""
+        shutil.rmtree(self.checkpoints, ignore_errors=True)
+        for name in INTERMEDIATES:
+            (self.path / name).unlink(missing_ok=True)
+        for leftover in self.path.glob("*" + TEMP_SUFFIX):
+            leftover.unlink(missing_ok=True)
