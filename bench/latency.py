@@ -49,7 +49,7 @@ from rlprune_core.structure import find_groups
 from rlprune_core.surgery import prune_model
 
 from .common import RESULTS, environment, write_results
-from .quality import DATASET, SUBSET, Cells
+from .harness import DATASET, SUBSET, Cells
 
 MODELS = {"vgg11x0.5": {"arch": "vgg11", "width": 0.5}, "resnet20": {"arch": "resnet20", "width": 1.0}}
 BATCHES = (1, 64)

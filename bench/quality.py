@@ -1,239 +1,252 @@
-"""Does a search earn its keep? Final test accuracy of each method against uniform L1 at the same budget.
+"""Does a search earn its keep? Every method against uniform l1 at the same budget, finetuned the same way.
 
-Configurations: VGG-11 at width 0.25 and ResNet-20 on the CIFAR-10 sample, keeping 50 % and 30 % of the
-MACs. For each model and seed one job pretrains; every method then starts from those weights, prunes to
-the budget and finetunes the same way. Methods: the search agents ``reinforce``, ``allocation``,
-``policy-network`` and ``random-search``, all at the same number of candidate evaluations (steps x
-samples + 1; ``policy-network`` splits its steps over the layers, so ``--steps`` should be a multiple of
-24: 8 groups in VGG-11, 12 in ResNet-20), and the uniform ratios ``l1`` and ``random`` (Li et al. 2017),
-what a user would do without a search. The default agent is marked in the table.
+Settings: a model and a budget (``vgg11-params0.1``, ``resnet20-macs0.3``, ...) on the CIFAR-10 sample. For
+each starting point (a seed's pretrained weights, :mod:`bench.harness`) every method prunes to the budget
+and its network is finetuned with the finetune seeds s, 1000 + s and 2000 + s (the same for every method);
+a cell's figure is the mean test accuracy over those runs, and methods are compared by paired differences
+against uniform l1 over starting points with 95 % t-intervals.
 
-Selection never looks at the test set: searches score on half of the validation split and report their
-result's proxy on the other half. Per configuration, the table gives each method's final test accuracy,
-its paired difference against uniform l1 over starting points with a 95 % t-interval (and a learning search's
-against random-search, what it must beat at the same evaluations), its held-out proxy, its evaluations
-and its search seconds.
+Methods:
 
-A full run takes hours on a CPU, so every (configuration, seed, method, weights) cell is cached in
-``bench/results/<name>_cells.json`` as it finishes, and the jobs themselves resume from their work
-folders: run the same command again to continue. A cell records the digest of the pretrained weights it
-was pruned from, and differences are taken only between cells pruned from the same weights: a *starting
-point* is a seed's pretrained weights. Pretraining reproduces bit for bit on one machine, but another CPU
-(other vector kernels) or a change to the training code gives the same seed other weights, and so a
-second starting point; cells of both are kept, each paired within its own.
+- ``l1``, ``random``: the same keep ratio in every layer, channels by l1 norm or at random;
+- ``global-l1``: one l1 ranking across layers (a non-uniform allocation without a search);
+- a search (``sensitivity``, ``allocation``, ``random-search``, ``reinforce``) with its finalist stage: its
+  search runs once per starting point (seed s), then for each finetune seed its finalists (the uniform
+  allocation and its best candidates) are finetuned with that seed and the one the job would return is
+  chosen on the held-out half of the validation split, exactly as :mod:`rlprune_core.finalists` decides;
+  ``<search>-best`` is the same search without finalists (its best candidate by the proxy, finetuned);
+- ``l1-best-of-N``: uniform l1 finetuned N times per finetune seed, the best on held-out validation
+  returned: what the finalist stage would give with no search, so that a finalist gain is not a gain from
+  restarts.
 
-    uv run python -m bench.quality [--configs vgg11-keep0.5 ...] [--seeds 0 1 2 3 4] [--steps 48]
+Nothing is selected on the test set: searches score the first half of validation, finalists are chosen on the
+other half. Every finetune run is cached by what it depends on (setting, weights, recipe, channels, seed), so
+a network that several methods share (the uniform allocation is every search's first finalist) is trained
+once, and an interrupted benchmark continues where it stopped.
+
+    uv run python -m bench.quality --settings vgg11-params0.1 --seeds 4 5 6 --methods l1 sensitivity ...
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import hashlib
 import json
 import os
 import statistics
 import time
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Iterable
 
+import numpy as np
 import torch
-from scipy import stats
 
-from rlprune_core import JobSpec, run_pipeline
-from rlprune_core.spec import PruneSpec
+from rlprune_core.agents import SearchContext, get_agent, score_candidate
+from rlprune_core.events import StopCheck
+from rlprune_core.finalists import Finalist, Scored, decide, finalists
+from rlprune_core.selection import Budget, baseline_kept, select, uniform_counts
+from rlprune_core.spec import FinetuneSpec, JobSpec
+from rlprune_core.training import evaluate
 
 from .common import RESULTS, environment, write_results
+from .harness import (
+    FINETUNE,
+    WORKDIR,
+    Cells,
+    Point,
+    finetune_run,
+    finetune_seeds,
+    job_spec,
+    load_point,
+    paired_interval,
+    points,
+    starting_point,
+)
 
-SUBSET = Path(os.environ.get("RLPRUNE_CIFAR10_SUBSET",
-                             Path(__file__).resolve().parents[2] / "shared/datasets/cifar10-subset"))
-# A fifth of the training images for validation: 1,034 images, split into 517 to search on and 517 held out.
-DATASET = {"name": "imagefolder", "root": str(SUBSET), "val_fraction": 0.2}
-MODELS = {"vgg11": {"arch": "vgg11", "width": 0.25}, "resnet20": {"arch": "resnet20", "width": 1.0}}
-KEEPS = (0.5, 0.3)
-CONFIGS = {f"{model}-keep{keep}": (model, keep) for model in MODELS for keep in KEEPS}
-PRETRAIN = {"epochs": 20, "batch_size": 128}
-FINETUNE = {"epochs": 4, "batch_size": 128}
-SEARCH = {"steps": 48, "samples_per_step": 16, "layer_finetune_steps": 10}
-DEFAULT_AGENT = PruneSpec().agent
-SEARCHES = ["reinforce", "allocation", "policy-network", "random-search"]
-METHODS = [*dict.fromkeys([DEFAULT_AGENT, *SEARCHES]), "l1", "random"]
+SETTINGS = {
+    "vgg11-macs0.3": ("vgg11", "macs", 0.3), "vgg11-macs0.5": ("vgg11", "macs", 0.5),
+    "vgg11-macs0.2": ("vgg11", "macs", 0.2), "vgg11-params0.1": ("vgg11", "params", 0.1),
+    "vgg11-params0.25": ("vgg11", "params", 0.25), "resnet20-macs0.3": ("resnet20", "macs", 0.3),
+    "resnet20-macs0.2": ("resnet20", "macs", 0.2), "mobilenet_v2-macs0.3": ("mobilenet_v2", "macs", 0.3),
+}
+SEARCHES = ("sensitivity", "allocation", "random-search", "reinforce")
+RULES = ("l1", "random", "global-l1")
+SEARCH = {"steps": 16, "samples_per_step": 16, "proxy": "calibrated-log-likelihood", "eval_samples": None,
+          "finalists": {"count": 3, "margin": 0.005}}
+RECIPES = {
+    "labels": {},
+    "kd": {"distillation": {"weight": 0.9, "temperature": 4.0}},
+    "labels-lr0.05": {"lr": 0.05},
+    "kd-lr0.05": {"lr": 0.05, "distillation": {"weight": 0.9, "temperature": 4.0}},
+}
 REFERENCE = "l1"
-# what a search must beat at the same number of evaluations
-SEARCH_REFERENCE = "random-search"
 
 
-def pretrain_job(model: str, seed: int, epochs: int) -> JobSpec:
-    """Pretraining only (uniform l1 at keep 0.5, no finetune): its pretrained.safetensors seeds every method."""
-    return JobSpec.model_validate({
-        "name": f"{model}-{seed}-pretrain", "seed": seed, "model": MODELS[model], "dataset": DATASET,
-        "pretrain": {**PRETRAIN, "epochs": epochs}, "prune": {"agent": "l1"}, "finetune": {"epochs": 0},
-        "export": {"formats": ["safetensors"]}, "device": "auto",
-    })
+def _digest(value: object) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def method_job(config: str, seed: int, method: str, checkpoint: Path, search: dict, finetune_epochs: int) -> JobSpec:
-    model, keep = CONFIGS[config]
-    return JobSpec.model_validate({
-        "name": f"{config}-{method}-{seed}", "seed": seed,
-        "model": {**MODELS[model], "checkpoint": str(checkpoint)}, "dataset": DATASET,
-        "pretrain": {**PRETRAIN, "epochs": 0}, "finetune": {**FINETUNE, "epochs": finetune_epochs},
-        "prune": {"agent": method, **search, "budget": {"metric": "macs", "keep": keep}},
-        "export": {"formats": ["safetensors"]}, "device": "auto",
-    })
+class Bench:
+    """One setting at one starting point: runs, searches and cells, all cached."""
+
+    def __init__(self, setting: str, seed: int, recipe: str, epochs: int, replicates: int, runs: Cells,
+                 searches: Cells, search: dict):
+        self.setting, self.seed, self.recipe_name, self.epochs = setting, seed, recipe, epochs
+        model, metric, keep = SETTINGS[setting]
+        self.budget = {"metric": metric, "keep": keep}
+        self.recipe = FinetuneSpec(**{**FINETUNE, "epochs": epochs, **RECIPES[recipe]})
+        self.replicates = finetune_seeds(seed, replicates)
+        self.runs, self.searches, self.search = runs, searches, search
+        checkpoint = starting_point(model, seed)
+        self.spec = job_spec(model, seed, checkpoint, {"agent": "l1", **search, "budget": self.budget})
+        self.point: Point = load_point(self.spec)
+
+    def run(self, kept: list[list[int]], finetune_seed: int) -> dict:
+        key = "|".join([self.setting, self.point.weights, self.recipe_name, str(self.epochs), _digest(kept),
+                        str(finetune_seed)])
+        distill = self.recipe.distillation.weight > 0
+        return self.runs.run(key, lambda: finetune_run(self.point, kept, self.recipe, finetune_seed, distill))
+
+    def uniform(self, criterion: str = "l1") -> list[list[int]]:
+        return select(self.point.pretrained, self.point.inputs.groups,
+                      uniform_counts(self.point.inputs.cost, Budget.of(self.spec.prune)), criterion, self.seed)
+
+    def rule(self, name: str) -> list[list[int]]:
+        inputs = self.point.inputs
+        return baseline_kept(name, self.point.pretrained, inputs.groups, [], inputs.cost, Budget.of(self.spec.prune),
+                             self.seed)
+
+    def searched(self, agent: str) -> dict:
+        """The search's candidates and figures, run once per starting point and cached."""
+        prune = {**self.spec.prune.model_dump(), "agent": agent}
+        key = "|".join([self.setting, self.point.weights, agent, _digest(self.search)])
+        return self.searches.run(key, lambda: self._search(JobSpec.model_validate(
+            {**self.spec.model_dump(), "prune": prune}).prune))
+
+    def _search(self, prune) -> dict:
+        inputs = self.point.inputs
+        folder = WORKDIR / "searches" / f"{self.setting}-{self.seed}-{prune.agent}-{_digest(self.search)}"
+        folder.mkdir(parents=True, exist_ok=True)
+        context = SearchContext(model=self.point.pretrained, groups=list(inputs.groups), cost=inputs.cost,
+                                val=inputs.data.val, train=inputs.data.train, flip=inputs.data.flip, spec=prune,
+                                device=inputs.device, seed=self.seed, state_dir=folder,
+                                report=lambda *_: None, stop=StopCheck(None))
+        began, cpu = time.perf_counter(), time.process_time()
+        result = get_agent(prune.agent).search(context)
+        uniform = self.uniform(prune.criterion)
+        chosen = finalists(result.candidates, uniform, score_candidate(context, uniform), prune.finalists.count)
+        return {"seconds": round(time.perf_counter() - began, 2), "cpu_seconds": round(time.process_time() - cpu, 2),
+                "evaluations": result.summary["evaluations"],
+                "best": result.kept, "finalists": [{"name": f.name, "kept": f.kept, "proxy": f.proxy} for f in chosen]}
+
+    def cell(self, method: str) -> dict:
+        """Per finetune seed, the returned network's test accuracy, its channel counts and what it cost."""
+        if method in RULES:
+            kept = self.rule(method)
+            runs = [self.run(kept, f) for f in self.replicates]
+            return {"returned": [r["test_accuracy"] for r in runs], "counts": [len(k) for k in kept],
+                    "finetune_seconds": sum(r["seconds"] for r in runs) / len(runs)}
+        if method.startswith("l1-best-of-"):
+            tries = int(method.removeprefix("l1-best-of-"))
+            kept = self.uniform()
+            chosen = []
+            for f in self.replicates:
+                runs = [self.run(kept, f + 100 * t) for t in range(tries)]
+                chosen.append(max(runs, key=lambda r: (r["held_out_accuracy"], r["held_out_log_likelihood"]))
+                              ["test_accuracy"])
+            return {"returned": chosen, "counts": [len(k) for k in kept]}
+        agent = method.removesuffix("-best")
+        found = self.searched(agent)
+        if method != agent:  # the search's best candidate by the proxy, no finalists
+            runs = [self.run(found["best"], f) for f in self.replicates]
+            return {"returned": [r["test_accuracy"] for r in runs], "counts": [len(k) for k in found["best"]],
+                    "search_seconds": found["seconds"]}
+        returned, winners, leads = [], [], []
+        candidates = [Finalist(f["name"], f["kept"], f["proxy"]) for f in found["finalists"]]
+        for f in self.replicates:
+            scored = []
+            for finalist in candidates:
+                run = self.run(finalist.kept, f)
+                scored.append((Scored(finalist, run["held_out_accuracy"], run["held_out_log_likelihood"],
+                                      run["seconds"]), run))
+            winner, _ = decide([s for s, _ in scored], self.spec.prune.finalists.margin)
+            returned.append(next(run for s, run in scored if s is winner)["test_accuracy"])
+            winners.append(winner.finalist.name)
+            uniform = scored[0][0]
+            leads.append(max((s.accuracy for s, _ in scored[1:]), default=uniform.accuracy) - uniform.accuracy)
+        return {"returned": returned, "winners": winners, "val_leads": leads,
+                "counts": [[len(k) for k in c.kept] for c in candidates], "search_seconds": found["seconds"],
+                "search_cpu_seconds": found["cpu_seconds"], "evaluations": found["evaluations"],
+                "finetune_seconds_per_run": statistics.mean(
+                    self.run(c.kept, self.replicates[0])["seconds"] for c in candidates)}
 
 
-def _run(config: str, seed: int, method: str, job: JobSpec, workdir: Path, weights: str) -> dict:
-    return {**_row(config, seed, method, run_pipeline(job, workdir)), "pretrained": weights}
-
-
-def weights_digest(checkpoint: Path) -> str:
-    """Names the pretrained weights a cell was pruned from: a change to training code changes them."""
-    return hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:16]
-
-
-def _row(config: str, seed: int, method: str, report: dict) -> dict:
-    search = report["search"]
-    proxy = search.get("proxy", {}).get("held_out", {})
-    return {"config": config, "seed": seed, "method": method, "baseline_accuracy": report["baseline"]["accuracy"],
-            "pruned_accuracy": report["pruned"]["accuracy"], "final_accuracy": report["final"]["accuracy"],
-            "macs_kept": report["budget"]["achieved"], "evaluations": search.get("evaluations", 0),
-            "proxy_log_likelihood": proxy.get("log_likelihood"), "proxy_accuracy": proxy.get("accuracy"),
-            "search_s": search.get("seconds", 0.0), "prune_s": report["timings_s"]["prune"],
-            "job_s": round(sum(report["timings_s"].values()), 3)}
-
-
-class Cells:
-    """Finished cells, saved after each one, so an interrupted run continues where it stopped."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.rows: dict[str, dict] = json.loads(path.read_text()) if path.exists() else {}
-
-    def run(self, key: str, job: Callable[[], dict]) -> dict:
-        if key not in self.rows:
-            self.rows[key] = job()
-            self.save()
-            print(json.dumps(self.rows[key]), flush=True)
-        return self.rows[key]
-
-    def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(self.rows, indent=1))
-        temporary.replace(self.path)
-
-
-def _origin(row: dict) -> tuple[int, str | None]:
-    """What a cell was pruned from: its seed and pretrained weights (None in cells made before the digest)."""
-    return row["seed"], row.get("pretrained")
-
-
-def paired(rows: list[dict], config: str, method: str, reference: str = REFERENCE) -> tuple[float, float, float] | None:
-    """Mean of method minus reference over the starting points both finished from, and its 95 % t-interval."""
-    start = {_origin(r): r["final_accuracy"] for r in rows if r["config"] == config and r["method"] == reference}
-    differences = [r["final_accuracy"] - start[_origin(r)] for r in rows
-                   if r["config"] == config and r["method"] == method and _origin(r) in start]
-    if len(differences) < 2:
-        return None
-    mean = statistics.mean(differences)
-    half = stats.t.ppf(0.975, len(differences) - 1) * statistics.stdev(differences) / len(differences) ** 0.5
-    return mean, mean - half, mean + half
-
-
-def _mean_std(values: list[float | None], digits: int = 4) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
-        return "-"
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.{digits}f} ± {std:.{digits}f}"
-
-
-def _interval(difference: tuple[float, float, float] | None) -> str:
-    return f"{difference[0]:+.4f} [{difference[1]:+.4f}, {difference[2]:+.4f}]" if difference else "-"
-
-
-def table(rows: list[dict]) -> str:
-    lines = ["| config | method | starting points | final accuracy | minus l1 (95 % CI) "
-             f"| minus {SEARCH_REFERENCE} (95 % CI) | proxy log-lik (held-out) "
-             "| proxy top-1 (held-out) | MACs kept | evaluations | search s | search share of job |",
-             "|---|" + "---|" * 11]
-    for config in dict.fromkeys(r["config"] for r in rows):
-        for method in METHODS:
-            chosen = [r for r in rows if r["config"] == config and r["method"] == method]
-            if not chosen:
+def analyse(cells: dict[str, dict], settings: Iterable[str], methods: list[str], recipe: str,
+            epochs: int) -> list[dict]:
+    rows = []
+    for setting in settings:
+        chosen = {k: v for k, v in cells.items() if v["setting"] == setting and v["recipe"] == recipe
+                  and v["epochs"] == epochs}
+        by_point: dict[tuple, dict[str, float]] = {}
+        for cell in chosen.values():
+            by_point.setdefault((cell["seed"], cell["weights"]), {})[cell["method"]] = float(np.mean(cell["returned"]))
+        for method in methods:
+            values = [p[method] for p in by_point.values() if method in p]
+            if not values:
                 continue
-            searched = method in SEARCHES and method != SEARCH_REFERENCE
-            label = f"{method} (default)" if method == DEFAULT_AGENT else method
-            cells = [config, label, str(len(chosen)), _mean_std([r["final_accuracy"] for r in chosen]),
-                     _interval(paired(rows, config, method) if method != REFERENCE else None),
-                     _interval(paired(rows, config, method, SEARCH_REFERENCE) if searched else None),
-                     _mean_std([r["proxy_log_likelihood"] for r in chosen], 3),
-                     _mean_std([r["proxy_accuracy"] for r in chosen]),
-                     f"{statistics.mean(r['macs_kept'] for r in chosen):.3f}",
-                     f"{statistics.mean(r['evaluations'] for r in chosen):.0f}",
-                     f"{statistics.mean(r['search_s'] for r in chosen):.1f}",
-                     f"{statistics.mean(r['search_s'] / r['job_s'] for r in chosen):.1%}"]
-            lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _portable(value: object) -> object:
-    """Configuration with folders relative to the repository, as a reader's checkout has them."""
-    repo = Path(__file__).resolve().parents[1]
-    return json.loads(json.dumps(value).replace(str(SUBSET), os.path.relpath(SUBSET, repo)))
+            differences = [p[method] - p[REFERENCE] for p in by_point.values() if method in p and REFERENCE in p]
+            unpruned = [c["unpruned"] for c in chosen.values() if c["method"] == method]
+            rows.append({"setting": setting, "method": method, "starting_points": len(values),
+                         "accuracy": float(np.mean(values)), "minus_l1": paired_interval(differences),
+                         "minus_unpruned": paired_interval([c["mean"] - c["unpruned"] for c in chosen.values()
+                                                            if c["method"] == method]),
+                         "unpruned": float(np.mean(unpruned)) if unpruned else None})
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
-    parser.add_argument("--steps", type=int, default=SEARCH["steps"])
-    parser.add_argument("--samples", type=int, default=SEARCH["samples_per_step"])
-    parser.add_argument("--pretrain-epochs", type=int, default=PRETRAIN["epochs"])
-    parser.add_argument("--finetune-epochs", type=int, default=FINETUNE["epochs"])
+    parser.add_argument("--settings", nargs="+", default=["vgg11-params0.1"], choices=list(SETTINGS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(range(4, 12)))
+    parser.add_argument("--methods", nargs="+", default=["l1", "global-l1", "sensitivity"])
+    parser.add_argument("--recipe", default="labels", choices=list(RECIPES))
+    parser.add_argument("--epochs", type=int, default=FINETUNE["epochs"])
+    parser.add_argument("--replicates", type=int, default=3)
     parser.add_argument("--name", default="quality", help="results file stem; use another for trial runs")
-    parser.add_argument("--workdir", type=Path, default=Path("runs/bench-quality"))
     args = parser.parse_args()
-    search = {**SEARCH, "steps": args.steps, "samples_per_step": args.samples}
-    settings = {"search": search, "pretrain_epochs": args.pretrain_epochs, "finetune_epochs": args.finetune_epochs}
-    tag = json.dumps(settings, sort_keys=True)  # cells of other settings are not mixed in
-    settings_id = hashlib.sha256(tag.encode()).hexdigest()[:8]
-    cells = Cells(RESULTS / f"{args.name}_cells.json")
     began = time.perf_counter()
-    for config in args.configs:
-        model, _ = CONFIGS[config]
+    runs, searches = Cells(RESULTS / f"{args.name}_runs.json"), Cells(RESULTS / f"{args.name}_searches.json")
+    cells = Cells(RESULTS / f"{args.name}_cells.json")
+    for setting in args.settings:
         for seed in args.seeds:
-            pretrained = args.workdir / f"{model}-{seed}-pretrain-{args.pretrain_epochs}"
-            run_pipeline(pretrain_job(model, seed, args.pretrain_epochs), pretrained)
-            checkpoint = pretrained / "pretrained.safetensors"
-            weights = weights_digest(checkpoint)
+            bench = Bench(setting, seed, args.recipe, args.epochs, args.replicates, runs, searches, SEARCH)
+            inputs = bench.point.inputs  # the unpruned model's own test accuracy: the gap pruning leaves
+            base = evaluate(bench.point.pretrained, inputs.data.test, inputs.device)
             for method in args.methods:
-                key = f"{config}|{seed}|{method}|{weights}|{tag}"
-                workdir = args.workdir / f"{config}-{seed}-{method}-{weights}-{settings_id}"
-                job = method_job(config, seed, method, checkpoint, search, args.finetune_epochs)
-                cells.run(key, functools.partial(_run, config, seed, method, job, workdir, weights))
-    rows = [row for key, row in cells.rows.items() if key.endswith(tag)]
+                key = "|".join([setting, str(seed), bench.point.weights, method, args.recipe, str(args.epochs),
+                                str(args.replicates), _digest(SEARCH)])
+                cell = cells.run(key, lambda b=bench, m=method: b.cell(m))
+                cell.update(setting=setting, seed=seed, weights=bench.point.weights, method=method,
+                            recipe=args.recipe, epochs=args.epochs, unpruned=base,
+                            mean=float(np.mean(cell["returned"])))
+                cells.save()
+    rows = analyse(cells.rows, args.settings, args.methods, args.recipe, args.epochs)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    data = {"environment": environment(device), "settings": settings, "dataset": _portable(DATASET),
-            "models": MODELS, "default_agent": DEFAULT_AGENT, "rows": rows,
+    data = {"environment": environment(device), "search": SEARCH, "recipe": RECIPES[args.recipe],
+            "finetune_epochs": args.epochs, "replicates": args.replicates, "rows": rows,
             "wall_s": round(time.perf_counter() - began, 1)}
-    markdown = (f"# Pruning quality: searches against uniform ratios at equal MACs\n\n"
-                f"`uv run python -m bench.quality` on the CIFAR-10 sample; pretrain {args.pretrain_epochs} "
-                f"epochs, finetune {args.finetune_epochs}; searches {search['steps']} steps x "
-                f"{search['samples_per_step']} candidates (+1: the policy's mode). Accuracies are test-set "
-                f"fractions, mean ± std over starting points (a seed's pretrained weights: the same seed "
-                f"pretrained on another CPU is another); `minus l1` is the paired difference against uniform l1 "
-                f"with a 95 % t-interval over starting points, `minus {SEARCH_REFERENCE}` a search's against "
-                f"{SEARCH_REFERENCE} at the same evaluations; the proxy is the returned network's mean "
-                f"log-likelihood (and top-1) on held-out validation images before finetuning.\n\n{table(rows)}\n\n"
-                f"Environment: {data['environment']}; wall time of this invocation {data['wall_s']} s.\n")
-    suffix = "" if device.type == "cpu" else f"_{device.type}"
-    write_results(f"{args.name}{suffix}", data, markdown)
+    lines = [f"| {r['setting']} | {r['method']} | {r['starting_points']} | {100 * r['accuracy']:.1f} % | "
+             f"{points(r['minus_l1'])} | {points(r['minus_unpruned'])} |" for r in rows]
+    markdown = (f"# Pruning quality: methods against uniform l1 at equal budgets\n\n"
+                f"`uv run python -m bench.quality` (recipe `{args.recipe}`, finetune {args.epochs} epochs, "
+                f"{args.replicates} finetune seeds per cell). Test accuracy of the returned network, mean over a "
+                f"cell's finetune seeds and over starting points; differences in points with 95 % t-intervals "
+                f"over starting points.\n\n| setting | method | starting points | accuracy | minus uniform l1 | "
+                f"minus unpruned |\n|---|---|---|---|---|---|\n" + "\n".join(lines)
+                + f"\n\nEnvironment: {data['environment']}.\n")
+    write_results(f"{args.name}-{args.recipe}-{args.epochs}", data, markdown)
     print(markdown)
-    print(f"written to {RESULTS}")
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
     main()

@@ -14,32 +14,38 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from safetensors.torch import load_file
 from torch import nn
 
-from .agents import SearchContext, get_agent, search_units
+from .agents import RULE_AGENTS, SearchContext, get_agent, score_candidate, search_units
 from .budgets import budget_for
 from .checkpoint import load_checkpoint
 from .device import copy_to, prepare
+from .environment import validation_halves
 from .events import STAGES, Event, EventSink, StopCheck
 from .export import artifact_record, export_onnx, export_program, export_pt2, model_description, save_weights
+from .finalists import UNIFORM, Finalist, Scored, decide, finalists, section
+from .finetuning import Finetuner, held_out_scores
 from .latency.comparison import compare_latency
 from .locations import Locations
 from .metrics import model_stats
 from .models import build_model
 from .report import build_report
 from .run_inputs import RunInputs, build_inputs
-from .selection import Budget, baseline_kept
-from .spec import JobSpec, TrainSpec
-from .surgery import prune_model
+from .selection import Budget, baseline_kept, select, uniform_counts
+from .spec import FinalistSpec, JobSpec
 from .training import EpochResult, evaluate, train
 from .verify import verify_artifacts
 from .workfolder import WorkFolder
 
 EXPORT_UNITS = 1.0  # the export stage's work, in epochs of training (for the progress estimate)
+RETURNED = "returned"  # the run that finetunes the winner in full, after shortened finalist runs
+# A teacher whose validation accuracy is below this many times chance (1 / classes) is "near chance".
+NEAR_CHANCE = 1.5
 
 
 def run_pipeline(spec: JobSpec, workdir: str | Path, on_event: EventSink | None = None,
@@ -63,6 +69,39 @@ def run_pipeline(spec: JobSpec, workdir: str | Path, on_event: EventSink | None 
     return _Run(inputs, folder, on_event or (lambda _event: None), StopCheck(should_stop), locations).run()
 
 
+class _Runs:
+    """The finetune stage's runs in order, each a label and its epochs, for the stage's progress: the
+    finalists (or the one network to finetune), the winner's full finetune where the finalists' was
+    shortened, then the baselines."""
+
+    def __init__(self, spec: JobSpec, finalists: list[str], baselines: list[str], finalist_spec: FinalistSpec | None):
+        full = spec.finetune.epochs
+        if len(finalists) == 1 or finalist_spec is None:
+            self.runs = [(finalists[0], full)]
+        else:
+            self.runs = [(name, finalist_spec.epochs or full) for name in finalists]
+            if finalist_spec.epochs is not None:
+                self.runs.append((RETURNED, full))
+        self.runs += [(name, full) for name in baselines]
+
+    @property
+    def total(self) -> int:
+        return sum(epochs for _, epochs in self.runs)
+
+    def fraction(self, label: str, epoch: int | None = None) -> float:
+        """Share of the stage done after ``epoch`` of run ``label`` (after the whole run by default)."""
+        index = next((i for i, (name, _) in enumerate(self.runs) if name == label), len(self.runs) - 1)
+        before = sum(epochs for _, epochs in self.runs[:index])
+        return (before + (self.runs[index][1] if epoch is None else epoch)) / max(1, self.total)
+
+
+def _finalists_of(selection: dict, agent: str) -> list[Finalist]:
+    """The prune stage's networks as ``prune.json`` holds them (one ``kept`` list before finalists existed)."""
+    if "finalists" in selection:
+        return [Finalist(**f) for f in selection["finalists"]]
+    return [Finalist(agent, selection["kept"], None)]
+
+
 class _Run:
     def __init__(self, inputs: RunInputs, folder: WorkFolder, sink: EventSink, stop: StopCheck,
                  locations: Locations):
@@ -74,10 +113,14 @@ class _Run:
         self.locations = locations
         spec, data = self.spec, inputs.data
         self.extra_baselines = [b for b in spec.baselines if b != spec.prune.agent]
+        finalist_spec = self.finalist_spec
+        expected = [spec.prune.agent] if finalist_spec is None else [UNIFORM, *(
+            f"candidate {rank}" for rank in range(1, finalist_spec.count + 1))]
+        self.runs = _Runs(spec, expected, self.extra_baselines, finalist_spec)
         self.plan = {
             "pretrain": float(spec.pretrain.epochs),
             "prune": search_units(spec.prune, len(data.train), len(data.val)),
-            "finetune": float(spec.finetune.epochs * (1 + len(self.extra_baselines))),
+            "finetune": float(self.runs.total),
             "export": EXPORT_UNITS,
         }
         self.budget = budget_for(spec.prune, inputs, folder.checkpoints / "latency-table.json",
@@ -100,25 +143,11 @@ class _Run:
         if done:
             self.emit("resumed", STAGES[len(done)], f"resuming after {', '.join(done)}", 0.0, done=list(done))
         pretrained = self.pretrain()
+        self.check_teacher()
         self.budget.prepare(pretrained)
-        kept = self.prune(pretrained)
-        final = self.finetune(pretrained, kept)
+        chosen = self.prune(pretrained)
+        final, kept = self.finetune(pretrained, chosen)
         return self.export(final, kept, pretrained)
-
-    def _train(self, model: nn.Module, stage: str, spec: TrainSpec, label: str, part: int = 0, parts: int = 1) -> None:
-        def resumed(epoch: int) -> None:
-            self.emit("resumed", stage, f"{label}: resuming after epoch {epoch}", (part + epoch / spec.epochs) / parts,
-                      run=label, epoch=epoch)
-
-        def report(result: EpochResult) -> None:
-            fraction = (part + result.epoch / result.epochs) / parts
-            self.emit("epoch", stage, f"{label} epoch {result.epoch}/{result.epochs}: loss {result.loss:.3f}, "
-                      f"val accuracy {result.val_accuracy:.2%}", fraction, run=label, **vars(result))
-
-        data = self.inputs.data
-        train(model, data.train, data.val, spec, device=self.inputs.device, flip=data.flip, seed=self.spec.seed,
-              checkpoint=self.folder.checkpoints / f"{stage}-{label}.pt", on_epoch=report, stop=self.stop,
-              on_resume=resumed)
 
     def _stats(self, model: nn.Module) -> dict[str, Any]:
         """Test accuracy, params and MACs of ``model``."""
@@ -144,15 +173,40 @@ class _Run:
             untrained = "; with pretrain.epochs 0 only finetuning trains them" if not self.spec.pretrain.epochs else ""
             self.emit("info", "pretrain", f"the checkpoint's classifier has another class count, so {', '.join(fresh)} "
                       f"start from fresh weights{untrained}", 0.0, classifier_reinitialised=fresh)
-        self._train(model, "pretrain", self.spec.pretrain, "model")
+        data = inputs.data
+        train(model, data.train, data.val, self.spec.pretrain, device=inputs.device, flip=data.flip,
+              seed=self.spec.seed, checkpoint=self.folder.checkpoints / "pretrain-model.pt",
+              on_epoch=lambda result: self.epoch("pretrain", "model", result, result.epoch / result.epochs),
+              stop=self.stop, on_resume=lambda epoch: self.resumed("pretrain", "model", epoch,
+                                                                    epoch / self.spec.pretrain.epochs))
         save_weights(model, weights)
         self.folder.finish_stage("pretrain", began, baseline=self._stats(model), classifier_reinitialised=fresh,
                                  val_accuracy=self._val_accuracy(model))
         return model
 
-    def prune(self, pretrained: nn.Module) -> list[list[int]]:
+    def epoch(self, stage: str, label: str, result: EpochResult, fraction: float) -> None:
+        self.emit("epoch", stage, f"{label} epoch {result.epoch}/{result.epochs}: loss {result.loss:.3f}, "
+                  f"val accuracy {result.val_accuracy:.2%}", fraction, run=label, **vars(result))
+
+    def resumed(self, stage: str, label: str, epoch: int, fraction: float) -> None:
+        self.emit("resumed", stage, f"{label}: resuming after epoch {epoch}", fraction, run=label, epoch=epoch)
+
+    def check_teacher(self) -> None:
+        """Warn when the unpruned model, the finetune's teacher, is near chance: distilling it cannot help."""
+        classes = self.inputs.data.num_classes
+        accuracy = self.folder.done["pretrain"]["val_accuracy"]
+        if self.spec.finetune.distillation.weight > 0 and accuracy < NEAR_CHANCE / classes:
+            message = (f"the unpruned model scores {accuracy:.1%} on validation images, near chance for {classes} "
+                       "classes; distilling from it cannot help: pretrain longer, or set "
+                       "finetune.distillation.weight to 0")
+            if self.folder.warn("teacher_near_chance", message):
+                self.emit("warning", "pretrain", message, 1.0, code="teacher_near_chance")
+
+    def prune(self, pretrained: nn.Module) -> list[Finalist]:
+        """The networks the finetune stage chooses among: the search's result alone, or the uniform
+        allocation and the search's best distinct candidates (its finalists), each fitted to the budget."""
         if "prune" in self.folder.done:
-            return self.folder.read_json("prune.json")["kept"]
+            return _finalists_of(self.folder.read_json("prune.json"), self.spec.prune.agent)
         inputs = self.inputs
         began = time.perf_counter()
         self.emit("stage", "prune", f"choosing channels with the {self.spec.prune.agent} agent")
@@ -166,56 +220,110 @@ class _Run:
             stop=self.stop,
         )
         result = get_agent(self.spec.prune.agent).search(context)
-        fit = self.budget.fit(pretrained, result.kept)
-        summary = {**result.summary, "latency_checks": fit.checks} if fit.checks else result.summary
-        pruned = prune_model(pretrained, inputs.groups, fit.kept, inputs.example)
-        self.folder.write_json("prune.json", {"kept": fit.kept, "groups": [g.name for g in inputs.groups]})
-        self.folder.finish_stage("prune", began, pruned=self._stats(pruned), search=summary,
-                                 val_accuracy=self._val_accuracy(pruned))
-        return fit.kept
-
-    def _finetune(self, pretrained: nn.Module, kept: list[list[int]], name: str, part: int, parts: int) -> nn.Module:
-        model = prepare(prune_model(pretrained, self.inputs.groups, kept, self.inputs.example), self.inputs.device)
-        self._train(model, "finetune", self.spec.finetune, name, part, parts)
-        return model
-
-    def _load_pruned(self, pretrained: nn.Module, kept: list[list[int]], weights: Path) -> nn.Module:
-        device = self.inputs.device
-        model = prepare(prune_model(pretrained, self.inputs.groups, kept, self.inputs.example), device)
-        model.load_state_dict(load_file(str(weights), device=str(device)))
-        return model
-
-    def finetune(self, pretrained: nn.Module, kept: list[list[int]]) -> nn.Module:
-        weights = self.folder / "finetuned.safetensors"
-        if "finetune" in self.folder.done:
-            return self._load_pruned(pretrained, kept, weights)
-        began = time.perf_counter()
-        parts = 1 + len(self.extra_baselines)
-        self.emit("stage", "finetune", "finetuning the pruned model")
-        if weights.exists():  # written atomically once the agent's model is finetuned
-            model = self._load_pruned(pretrained, kept, weights)
+        finalist_spec = self.finalist_spec
+        if finalist_spec is None:
+            chosen = [Finalist(self.spec.prune.agent, result.kept, result.candidates[0].reward)]
         else:
-            model = self._finetune(pretrained, kept, self.spec.prune.agent, 0, parts)
+            uniform = select(pretrained, inputs.groups, uniform_counts(self.budget.cost, Budget.of(context.spec)),
+                             context.spec.criterion, self.spec.seed)
+            chosen = finalists(result.candidates, uniform, score_candidate(context, uniform), finalist_spec.count)
+        fits = [self.budget.fit(pretrained, f.kept) for f in chosen]
+        chosen = [replace(f, kept=fit.kept) for f, fit in zip(chosen, fits, strict=True)]
+        summary = result.summary
+        if any(fit.checks for fit in fits):
+            summary = {**summary, "latency_checks": fits[-1 if finalist_spec is None else 1].checks}
+        self.folder.write_json("prune.json", {"finalists": [asdict(f) for f in chosen],
+                                              "groups": [g.name for g in inputs.groups]})
+        self.folder.finish_stage("prune", began, search=summary)
+        return chosen
+
+    @property
+    def finalist_spec(self) -> FinalistSpec | None:
+        """The finalist stage, where the job has one: a search that compares candidates, not a uniform agent."""
+        return None if self.spec.prune.agent in RULE_AGENTS else self.spec.prune.finalists
+
+    def finetune(self, pretrained: nn.Module, chosen: list[Finalist]) -> tuple[nn.Module, list[list[int]]]:
+        """Finetune the finalists and keep the winner (or the one network there is), then the baselines."""
+        folder, inputs = self.folder, self.inputs
+        self.runs = runs = _Runs(self.spec, [f.name for f in chosen], self.extra_baselines, self.finalist_spec)
+        finetuner = Finetuner(inputs, pretrained, self.spec.finetune, folder.checkpoints, self.stop,
+                              on_epoch=lambda label, result: self.epoch("finetune", label, result,
+                                                                        runs.fraction(label, result.epoch)),
+                              on_resume=lambda label, epoch: self.resumed("finetune", label, epoch,
+                                                                          runs.fraction(label, epoch)))
+        weights = folder / "finetuned.safetensors"
+        if "finetune" in folder.done:
+            kept = folder.done["finetune"].get("kept", chosen[0].kept)
+            return self._load(finetuner, kept, weights), kept
+        began = time.perf_counter()
+        self.emit("stage", "finetune", "finetuning the pruned model" if len(chosen) == 1 else
+                  f"finetuning {len(chosen)} finalists: the uniform allocation and the search's best candidates")
+        decision = None
+        if len(chosen) > 1:
+            model, winner, decision = self.finalist_stage(finetuner, chosen)
+        elif weights.exists():  # written atomically once the returned network is finetuned
+            winner = chosen[0]
+            model = self._load(finetuner, winner.kept, weights)
+        else:
+            winner = chosen[0]
+            model, _ = finetuner.finetune(winner.kept, winner.name)
             save_weights(model, weights)
-        for part, name in enumerate(self.extra_baselines, start=1):
-            if name not in self.folder.baselines:
-                self.folder.record_baseline(name, self._baseline(pretrained, kept, name, part, parts))
-        self.folder.finish_stage("finetune", began, final=self._stats(model))
+        for name in self.extra_baselines:
+            if name not in folder.baselines:
+                folder.record(folder.baselines, name, self._baseline(finetuner, winner.kept, name))
+        pruned = finetuner.pruned(winner.kept)
+        folder.finish_stage("finetune", began, final=self._stats(model), kept=winner.kept, winner=winner.name,
+                            pruned=self._stats(pruned), pruned_val_accuracy=self._val_accuracy(pruned),
+                            finalists=decision, distillation=self.spec.finetune.distillation.model_dump())
+        return model, winner.kept
+
+    def finalist_stage(self, finetuner: Finetuner, chosen: list[Finalist]) -> tuple[nn.Module, Finalist, dict]:
+        """Each finalist finetuned (shortened where the spec says) and scored on held-out validation images;
+        the winner's finetuned weights become the returned network's (or it is finetuned in full)."""
+        folder, spec = self.folder, self.finalist_spec
+        held_out = validation_halves(self.inputs.data.val, self.spec.prune)[1]
+        scored = []
+        for index, finalist in enumerate(chosen):
+            path = folder / f"finalist-{index}.safetensors"
+            if finalist.name not in folder.finalists:
+                model, seconds = finetuner.finetune(finalist.kept, finalist.name, epochs=spec.epochs)
+                save_weights(model, path)
+                scores = held_out_scores(model, held_out, self.inputs.device)
+                folder.record(folder.finalists, finalist.name, {**asdict(scores), "seconds": seconds})
+            record = folder.finalists[finalist.name]
+            scored.append(Scored(finalist, record["accuracy"], record["log_likelihood"], record["seconds"]))
+        winner, reason = decide(scored, spec.margin)
+        returned = folder / "finetuned.safetensors"
+        if returned.exists():  # a resumed run: the winner was finetuned (and announced) before
+            model = self._load(finetuner, winner.finalist.kept, returned)
+        else:
+            self.emit("info", "finetune", f"returning {winner.finalist.name}: {reason}",
+                      self.runs.fraction(chosen[-1].name), winner=winner.finalist.name)
+            if spec.epochs is None:
+                model = self._load(finetuner, winner.finalist.kept,
+                                   folder / f"finalist-{chosen.index(winner.finalist)}.safetensors")
+            else:
+                model, _ = finetuner.finetune(winner.finalist.kept, RETURNED)
+            save_weights(model, returned)
+        return model, winner.finalist, section(scored, winner, reason, spec, [g.name for g in self.inputs.groups])
+
+    def _load(self, finetuner: Finetuner, kept: list[list[int]], weights: Path) -> nn.Module:
+        model = finetuner.pruned(kept)
+        model.load_state_dict(load_file(str(weights), device=str(self.inputs.device)))
         return model
 
-    def _baseline(self, pretrained: nn.Module, kept: list[list[int]], name: str, part: int, parts: int) -> dict:
+    def _baseline(self, finetuner: Finetuner, kept: list[list[int]], name: str) -> dict:
         """Same pretrained model and budget, finetuned the same way; ``<criterion>`` keeps equal ratios per
-        layer, ``<criterion>@agent`` the agent's per-layer counts. Its network meets the budget as the
-        agent's does (measured and fitted, for a latency budget)."""
+        layer, ``<criterion>@agent`` the returned network's per-layer counts. Its network meets the budget
+        as the returned one does (measured and fitted, for a latency budget)."""
         inputs = self.inputs
-        chosen = baseline_kept(name, pretrained, inputs.groups, kept, self.budget.cost,
+        chosen = baseline_kept(name, finetuner.pretrained, inputs.groups, kept, self.budget.cost,
                                Budget.of(self.budget.search_spec), self.spec.seed)
-        fit = self.budget.fit(pretrained, chosen)
-        pruned = prune_model(pretrained, inputs.groups, fit.kept, inputs.example)
-        pruned_accuracy = evaluate(pruned, inputs.data.test, inputs.device)
-        model = self._finetune(pretrained, fit.kept, name, part, parts)
+        fit = self.budget.fit(finetuner.pretrained, chosen)
+        pruned_accuracy = evaluate(finetuner.pruned(fit.kept), inputs.data.test, inputs.device)
+        model, seconds = finetuner.finetune(fit.kept, name)
         return {"pruned_accuracy": pruned_accuracy, "final_accuracy": evaluate(model, inputs.data.test, inputs.device),
-                "achieved": round(float(fit.achieved), 6)}
+                "achieved": round(float(fit.achieved), 6), "finetune_seconds": round(seconds, 3)}
 
     def export(self, model: nn.Module, kept: list[list[int]], pretrained: nn.Module) -> dict[str, Any]:
         inputs, folder = self.inputs, self.folder

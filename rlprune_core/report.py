@@ -1,8 +1,9 @@
 """A finished job's ``report.json``: every figure a user, the API and the dashboard read, in one place.
 
 ``baseline`` is the unpruned model, ``pruned`` the returned network right after channel removal, ``final``
-the same network finetuned; ``baselines`` are the comparison methods at the same budget. Each model's
-``latency_ms`` holds the medians of the ``latency`` section, where the spread and the verdict are.
+the same network finetuned; ``finalists`` says which networks the finetune stage chose among and why;
+``baselines`` are the comparison methods at the same budget. Each model's ``latency_ms`` holds the medians
+of the ``latency`` section, where the spread and the verdict are.
 """
 
 from __future__ import annotations
@@ -30,14 +31,16 @@ def build_report(inputs: RunInputs, folder: WorkFolder, kept: Sequence[Sequence[
                  latency: dict | None, verification: dict, artifacts: list[dict],
                  timings: dict[str, float]) -> dict[str, Any]:
     spec, data, done = inputs.spec, inputs.data, folder.done
+    finetune = done["finetune"]
     baseline = _with_latency(done["pretrain"]["baseline"], latency, "unpruned")
-    final = _with_latency(done["finetune"]["final"], latency, "pruned")
+    pruned = _with_latency(finetune.get("pruned", done["prune"].get("pruned")), latency, "pruned")
+    final = _with_latency(finetune["final"], latency, "pruned")
     search = dict(done["prune"]["search"])
     if "seconds" in search:
         search["share_of_job"] = round(search["seconds"] / sum(timings.values()), 4)
     baselines = dict(folder.baselines)
     if spec.prune.agent in spec.baselines:
-        baselines[spec.prune.agent] = {"pruned_accuracy": done["prune"]["pruned"]["accuracy"],
+        baselines[spec.prune.agent] = {"pruned_accuracy": pruned["accuracy"],
                                        "final_accuracy": final["accuracy"], "same_as_agent": True,
                                        "achieved": round(budget["achieved"], 6)}
     return {
@@ -46,16 +49,19 @@ def build_report(inputs: RunInputs, folder: WorkFolder, kept: Sequence[Sequence[
         "model": {**inputs.config.to_dict(), "image_size": data.contract.size,
                   "classifier_reinitialised": done["pretrain"].get("classifier_reinitialised", [])},
         "baseline": baseline,
-        "pruned": _with_latency(done["prune"]["pruned"], latency, "pruned"),
+        "pruned": pruned,
         "final": final,
         "budget": budget,
         "latency": latency,
         "layers": [{"name": g.name, "channels_before": g.size, "channels_after": len(k)}
                    for g, k in zip(inputs.groups, kept, strict=True)],
         "search": search,
+        "finalists": finetune.get("finalists"),
+        "distillation": finetune.get("distillation"),
         "baselines": baselines,
         "validation": {"baseline_accuracy": done["pretrain"]["val_accuracy"],
-                       "pruned_accuracy": done["prune"]["val_accuracy"]},
+                       "pruned_accuracy": finetune.get("pruned_val_accuracy", done["prune"].get("val_accuracy"))},
+        "warnings": list(folder.warnings),
         "verification": verification,
         "artifacts": artifacts,
         "dataset": {"name": spec.dataset.name, "train": len(data.train), "val": len(data.val),

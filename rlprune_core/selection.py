@@ -185,9 +185,45 @@ def select_random(groups: Sequence[PrunableGroup], counts: Sequence[int], seed: 
     return select(nn.Module(), groups, counts, "random", seed)
 
 
+def global_counts(model: nn.Module, groups: Sequence[PrunableGroup], cost: CostModel, budget: Budget,
+                  criterion: str = "l1", seed: int = 0) -> list[int]:
+    """The counts of one ranking across all groups (Torch-Pruning's global pruning): each channel's score,
+    divided by its group's mean score so that groups of different fan-in compare, and one threshold for
+    every group, the lowest whose network meets the budget.
+
+    It spends the budget wherever the scores are relatively high, without weighing what a channel costs:
+    the cheap non-uniform allocation every search should beat.
+    """
+    scores = [s.double() / s.double().mean().clamp_min(1e-12) for s in channel_scores(model, groups, criterion, seed)]
+    sizes = cost.group_sizes.astype(np.int64)
+    thresholds = np.unique(torch.cat(scores).numpy())
+
+    def counts(index: int) -> np.ndarray:
+        kept = np.array([int((s >= thresholds[index]).sum()) for s in scores], dtype=np.float64)
+        return _round_counts(kept, sizes, budget)
+
+    def fits(index: int) -> bool:
+        return bool(cost.keep_fraction(counts(index), budget.metric) <= budget.keep + 1e-12)
+
+    low, high = 0, len(thresholds) - 1
+    if not fits(high):
+        raise BudgetError(f"prune.budget.keep={budget.keep} is below the smallest model min_channels/round_to "
+                          f"allow ({float(cost.keep_fraction(counts(high), budget.metric)):.3f} of {budget.metric})")
+    while low < high:  # the lowest threshold that fits: counts shrink as it rises
+        middle = (low + high) // 2
+        low, high = (low, middle) if fits(middle) else (middle + 1, high)
+    return counts(low).tolist()
+
+
+GLOBAL = "global-l1"  # the baseline and agent name of global l1 ranking
+
+
 def baseline_kept(name: str, model: nn.Module, groups: Sequence[PrunableGroup], agent_kept: Sequence[Sequence[int]],
                   cost: CostModel, budget: Budget, seed: int) -> list[list[int]]:
-    """A baseline's channels: ``<criterion>`` at equal ratios, ``<criterion>@agent`` at the agent's counts."""
+    """A baseline's channels: ``<criterion>`` at equal ratios, ``<criterion>@agent`` at the agent's counts,
+    ``global-l1`` by one l1 ranking across groups."""
+    if name == GLOBAL:
+        return select(model, groups, global_counts(model, groups, cost, budget, "l1", seed), "l1", seed)
     criterion, _, at = name.partition("@")
     counts = [len(k) for k in agent_kept] if at == "agent" else uniform_counts(cost, budget)
     return select(model, groups, counts, criterion, seed)

@@ -43,12 +43,15 @@ Arch = Literal[CifarArch, TorchvisionArch]
 MIN_IMAGE_SIZE = 32
 ANY_IMAGE_SIZE: tuple[str, ...] = ("resnet20", "resnet56")
 DatasetName = Literal["cifar10", "cifar100", "digits", "synthetic", "imagefolder"]
-AgentName = Literal["reinforce", "allocation", "random-search", "policy-network", "l1", "random"]
+AgentName = Literal["reinforce", "allocation", "random-search", "policy-network", "sensitivity", "l1", "random",
+                    "global-l1"]
 CriterionName = Literal["l1", "bn-scale", "random"]
 # A criterion alone: that criterion at equal per-layer ratios (what a user would do without a search).
 # ``<criterion>@agent``: that criterion at the agent's own per-layer counts, which isolates the channel choice.
-BaselineName = Literal["l1", "bn-scale", "random", "l1@agent", "bn-scale@agent", "random@agent"]
+# ``global-l1``: one l1 ranking across layers (a non-uniform allocation that costs no search).
+BaselineName = Literal["l1", "bn-scale", "random", "l1@agent", "bn-scale@agent", "random@agent", "global-l1"]
 ExportFormat = Literal["safetensors", "pt2", "onnx"]
+ProxyName = Literal["log-likelihood", "calibrated-log-likelihood", "top1"]
 
 Fraction = Annotated[float, Field(gt=0.0, le=1.0)]
 NonNegative = Annotated[float, Field(ge=0.0, le=1e6)]
@@ -130,9 +133,19 @@ class TrainSpec(_Strict):
     schedule: Literal["onecycle", "cosine"] = "onecycle"
 
 
+class DistillationSpec(_Strict):
+    """Finetuning learns from the job's own unpruned model as well as from the labels (Hinton et al. 2015)."""
+
+    weight: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
+        default=0.0, description="share of the loss that matches the unpruned model's softened outputs; 0: labels only")
+    temperature: Annotated[float, Field(gt=0.0, le=100.0)] = Field(
+        default=4.0, description="softens both models' outputs before they are compared")
+
+
 class FinetuneSpec(TrainSpec):
     epochs: Annotated[int, Field(ge=0, le=10_000)] = 10
     lr: Annotated[float, Field(gt=0.0, le=10.0)] = 0.02
+    distillation: DistillationSpec = DistillationSpec()
 
 
 class LatencyTargetSpec(_Strict):
@@ -188,6 +201,21 @@ class RewardSpec(_Strict):
     budget_penalty: NonNegative = 2.0
 
 
+class FinalistSpec(_Strict):
+    """The search's last stage: its best candidates and the uniform allocation are each finetuned, and the
+    one that scores best on validation images the search never scored is returned."""
+
+    count: Annotated[int, Field(ge=1, le=32)] = Field(
+        default=3, description="the search's best distinct candidates that are finetuned beside the uniform one")
+    margin: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
+        default=0.005, description="validation accuracy (a fraction) by which a candidate must beat the uniform "
+        "allocation to be chosen over it")
+    epochs: Annotated[int, Field(ge=1, le=10_000)] | None = Field(
+        default=None, description="finetune epochs that decide between the finalists (the winner is then "
+        "finetuned with the job's recipe); none: each finalist gets the job's recipe and the winner is returned "
+        "as it is")
+
+
 class PruneSpec(_Strict):
     agent: AgentName = "reinforce"
     budget: BudgetSpec = BudgetSpec()
@@ -205,6 +233,21 @@ class PruneSpec(_Strict):
     lr: Annotated[float, Field(gt=0.0, le=10.0)] = 0.1
     bn_recalibration: bool = True
     layer_finetune_steps: Annotated[int, Field(ge=0, le=100_000)] = 20
+    proxy: ProxyName = Field(
+        default="log-likelihood", description="what a search scores candidates by before finetuning: the mean "
+        "log-likelihood of the true class, the same at each candidate's best temperature, or top-1")
+    finalists: FinalistSpec | None = Field(
+        default=FinalistSpec(), description="none: the search's best candidate is finetuned and returned as it is")
+
+    @field_validator("finalists")
+    @classmethod
+    def _no_more_finalists_than_candidates(cls, finalists: FinalistSpec | None,
+                                           info: ValidationInfo) -> FinalistSpec | None:
+        steps, samples = info.data.get("steps"), info.data.get("samples_per_step")
+        if finalists is not None and steps is not None and samples is not None and finalists.count > steps * samples:
+            raise ValueError(f"count {finalists.count} is more than the {steps * samples} candidates the search "
+                             "scores (steps x samples_per_step)")
+        return finalists
 
 
 class ExportSpec(_Strict):
@@ -256,6 +299,10 @@ class JobSpec(_Strict):
                              "halves the image five times")
         if len(set(self.baselines)) != len(self.baselines):
             raise ValueError("baselines lists a method twice")
+        finalists = self.prune.finalists
+        if finalists is not None and finalists.epochs is not None and finalists.epochs > self.finetune.epochs:
+            raise ValueError(f"prune.finalists.epochs ({finalists.epochs}) must not exceed finetune.epochs "
+                             f"({self.finetune.epochs}): the finalists' finetune is a shortened one")
         return self
 
     @classmethod

@@ -9,6 +9,7 @@ Layout::
     pretrained.safetensors        the unpruned model after pretraining
     prune.json                    the kept channels of every network the prune stage hands on (removed at
                                   the end: model.json holds the returned one's)
+    finalist-<n>.safetensors      each finetuned finalist (removed at the end)
     finetuned.safetensors         the returned network after finetuning (removed at the end)
     model.safetensors, model.json, model.pt2, model.onnx, report.json   the deliverables
 
@@ -29,6 +30,7 @@ from .spec import JobSpec
 
 # What only a resume needs; removed once the job has succeeded (it can be far larger than the deliverables).
 INTERMEDIATES = ("finetuned.safetensors", "prune.json")
+INTERMEDIATE_PATTERNS = ("finalist-*.safetensors",)
 
 
 class WorkFolder:
@@ -46,6 +48,8 @@ class WorkFolder:
                 raise WorkdirError("the work folder holds a different job; use an empty folder for a new spec")
         else:
             self.state = {"spec": spec.model_dump(mode="json"), "done": {}, "timings_s": {}, "baselines": {}}
+        self.state.setdefault("finalists", {})
+        self.state.setdefault("warnings", [])
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -61,7 +65,17 @@ class WorkFolder:
 
     @property
     def baselines(self) -> dict[str, dict[str, Any]]:
+        """Each finetuned baseline's figures, recorded as it finishes."""
         return self.state["baselines"]
+
+    @property
+    def finalists(self) -> dict[str, dict[str, Any]]:
+        """Each finetuned finalist's figures, recorded as it finishes."""
+        return self.state["finalists"]
+
+    @property
+    def warnings(self) -> list[dict[str, str]]:
+        return self.state["warnings"]
 
     @property
     def timings(self) -> dict[str, float]:
@@ -86,14 +100,26 @@ class WorkFolder:
         self.done[stage] = figures
         self.save()
 
-    def record_baseline(self, name: str, figures: dict[str, Any]) -> None:
-        self.baselines[name] = figures
+    def record(self, records: dict[str, dict[str, Any]], name: str, figures: dict[str, Any]) -> None:
+        """Add ``name``'s figures to one of the record sets (:attr:`baselines`, :attr:`finalists`) and save."""
+        records[name] = figures
         self.save()
+
+    def warn(self, code: str, message: str) -> bool:
+        """Record a warning for the report; false if it was recorded before (a resumed run)."""
+        if any(w["code"] == code for w in self.warnings):
+            return False
+        self.warnings.append({"code": code, "message": message})
+        self.save()
+        return True
 
     def remove_intermediates(self) -> None:
         """Drop what only a resume needs, and temporary files of writers that died before renaming them."""
         shutil.rmtree(self.checkpoints, ignore_errors=True)
         for name in INTERMEDIATES:
             (self.path / name).unlink(missing_ok=True)
+        for pattern in INTERMEDIATE_PATTERNS:
+            for path in self.path.glob(pattern):
+                path.unlink(missing_ok=True)
         for leftover in self.path.glob("*" + TEMP_SUFFIX):
             leftover.unlink(missing_ok=True)

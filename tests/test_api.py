@@ -117,6 +117,12 @@ def test_idempotency_key_returns_the_same_job_or_refuses_a_different_body(servic
     ({"dataset": {"name": "imagefolder", "root": "../../secret"}}, "dataset.root"),
     ({"model": {"checkpoint": "/srv/rlprune/jobs/x/pretrained.safetensors"}, "pretrain": {"epochs": 0}},
      "model.checkpoint"),
+    ({"prune": {"finalists": {"count": 0}}}, "prune.finalists.count"),
+    ({"prune": {"finalists": {"count": -1}}}, "prune.finalists.count"),
+    ({"prune": {"steps": 2, "samples_per_step": 2, "finalists": {"count": 9}}}, "prune.finalists"),
+    ({"finetune": {"distillation": {"weight": 1.01}}}, "finetune.distillation.weight"),
+    ({"finetune": {"distillation": {"weight": -0.5}}}, "finetune.distillation.weight"),
+    ({"finetune": {"distillation": {"temperature": 0}}}, "finetune.distillation.temperature"),
 ])
 def test_invalid_specs_are_problems_naming_the_field(service, body, field):
     _, client, keys = service
@@ -125,12 +131,18 @@ def test_invalid_specs_are_problems_naming_the_field(service, body, field):
     assert field in [e["field"] for e in response.json()["errors"]]
 
 
-def test_non_finite_numbers_are_refused(service):
+@pytest.mark.parametrize(("section", "value", "field"), [
+    ({"pretrain": {"weight_decay": 1}}, "Infinity", "pretrain.weight_decay"),
+    ({"prune": {"finalists": {"margin": 1}}}, "NaN", "prune.finalists.margin"),
+    ({"finetune": {"distillation": {"weight": 1}}}, "NaN", "finetune.distillation.weight"),
+    ({"finetune": {"distillation": {"temperature": 1}}}, "Infinity", "finetune.distillation.temperature"),
+])
+def test_non_finite_numbers_are_refused(service, section, value, field):
     _, client, keys = service
-    body = json.dumps({**SPEC, "pretrain": {"weight_decay": 1}}).replace(": 1}", ": Infinity}")
+    body = json.dumps({**SPEC, **section}).replace(": 1}", f": {value}}}")
     headers = {**auth(keys["alice"]), "Content-Type": "application/json"}
     response = client.post("/jobs", content=body, headers=headers)
-    assert response.status_code == 422 and response.json()["errors"][0]["field"] == "pretrain.weight_decay"
+    assert response.status_code == 422 and response.json()["errors"][0]["field"] == field
 
 
 def test_a_checkpoint_from_another_tenant_looks_exactly_like_a_missing_one(service, tmp_path):

@@ -22,9 +22,9 @@ def test_the_returned_candidate_is_the_best_evaluated_one(tiny, tmp_path, agent,
     result = get_agent(agent).search(context)
     summary = result.summary
     rescored = environment_for(context).score(masks_of([result.kept], context.groups))
-    assert float(rescored.rewards[0]) == pytest.approx(summary["proxy"]["search"]["log_likelihood"], abs=1e-5)
+    assert float(rescored.rewards[0]) == pytest.approx(summary["proxy"]["search"]["reward"], abs=1e-5)
     # at least as good as every sampled candidate (the policy's mode, scored last, may beat them all)
-    assert summary["proxy"]["search"]["log_likelihood"] >= max(summary["reward_curve"]["best"]) - 1e-6
+    assert summary["proxy"]["search"]["reward"] >= max(summary["reward_curve"]["best"]) - 1e-6
     assert summary["reward_curve"]["best_so_far"][-1] == max(summary["reward_curve"]["best"])
     held_out = summary["proxy"]["held_out"]
     assert held_out["log_likelihood"] < 0 and 0 <= held_out["accuracy"] <= 1

@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from typing import get_args
 
 import pytest
 import yaml
@@ -45,6 +46,17 @@ def test_yaml_and_json_give_the_same_spec():
     ('{"prune": {"budget": {"metric": "latency", "target": {"device": "tpu"}}}}', "prune.budget.target.device"),
     ('{"prune": {"budget": {"metric": "flops"}}}', "prune.budget.metric"),
     ('{"model": {"arch": "mobilenet_v2"}, "dataset": {"image_size": 24}}', "dataset.image_size"),
+    ('{"prune": {"finalists": {"count": 0}}}', "prune.finalists.count"),
+    ('{"prune": {"finalists": {"count": -2}}}', "prune.finalists.count"),
+    ('{"prune": {"steps": 1, "samples_per_step": 4, "finalists": {"count": 5}}}', "prune.finalists"),
+    ('{"prune": {"finalists": {"margin": -0.1}}}', "prune.finalists.margin"),
+    ('{"prune": {"finalists": {"epochs": 11}}}', "prune.finalists.epochs"),
+    ('{"finetune": {"distillation": {"weight": -0.1}}}', "finetune.distillation.weight"),
+    ('{"finetune": {"distillation": {"weight": 1.5}}}', "finetune.distillation.weight"),
+    ('{"finetune": {"distillation": {"temperature": 0}}}', "finetune.distillation.temperature"),
+    ('{"finetune": {"distillation": {"temperature": -4}}}', "finetune.distillation.temperature"),
+    ('{"export": {"latency_batches": [0]}}', "export.latency_batches"),
+    ('{"export": {"latency_batches": [1, 1]}}', "export"),
 ])
 def test_bad_values_fail_with_a_message_naming_the_field(text, field):
     with pytest.raises(SpecError) as caught:
@@ -55,8 +67,10 @@ def test_bad_values_fail_with_a_message_naming_the_field(text, field):
 
 def float_fields(model: type[BaseModel], prefix: tuple[str, ...] = ()):
     for name, info in model.model_fields.items():
-        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
-            yield from float_fields(info.annotation, (*prefix, name))
+        nested_model = next((t for t in (info.annotation, *get_args(info.annotation))
+                             if isinstance(t, type) and issubclass(t, BaseModel)), None)
+        if nested_model is not None:  # a section, or an optional one (prune.finalists)
+            yield from float_fields(nested_model, (*prefix, name))
         elif info.annotation is float:
             yield (*prefix, name)
 
@@ -70,6 +84,8 @@ FLOAT_FIELDS = list(float_fields(JobSpec))
 
 def test_the_spec_has_float_fields_to_check():
     assert ("pretrain", "weight_decay") in FLOAT_FIELDS and ("prune", "reward", "budget_penalty") in FLOAT_FIELDS
+    assert ("prune", "finalists", "margin") in FLOAT_FIELDS
+    assert {("finetune", "distillation", "weight"), ("finetune", "distillation", "temperature")} <= set(FLOAT_FIELDS)
 
 
 @pytest.mark.parametrize("path", FLOAT_FIELDS, ids=".".join)

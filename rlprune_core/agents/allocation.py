@@ -34,7 +34,7 @@ STD_RANGE = (0.05, 1.0)
 RATIO_LOW = 0.1
 
 
-class _Allocations(nn.Module):
+class Allocations(nn.Module):
     """Turns per-group counts into masks: each group keeps its highest-ranked channels by the criterion."""
 
     def __init__(self, orders: list[Tensor], environment: PruningEnvironment):
@@ -55,7 +55,7 @@ class _Allocations(nn.Module):
         return self.masks([self.environment.project((r.double() * self.sizes).tolist()) for r in ratios])
 
 
-class AllocationPolicy(_Allocations):
+class AllocationPolicy(Allocations):
     def __init__(self, start_ratios: list[float], orders: list[Tensor], environment: PruningEnvironment):
         super().__init__(orders, environment)
         ratios = torch.tensor(start_ratios, dtype=torch.float32).clamp(0.02, 0.98)
@@ -83,7 +83,7 @@ class AllocationPolicy(_Allocations):
         return {"policy_std": round(float(self.std().detach().mean()), 6)}
 
 
-class RandomAllocations(_Allocations):
+class RandomAllocations(Allocations):
     def sample(self, k: int, generator: torch.Generator) -> list[Tensor]:
         return self.projected(RATIO_LOW + (1 - RATIO_LOW) * torch.rand(k, len(self.orders), generator=generator))
 
@@ -95,7 +95,8 @@ class RandomAllocations(_Allocations):
         return {}
 
 
-def _orders(context: SearchContext) -> list[Tensor]:
+def criterion_orders(context: SearchContext) -> list[Tensor]:
+    """Each group's channels from the criterion's best down."""
     scores = channel_scores(context.model, context.groups, context.spec.criterion, context.seed)
     return [ranking(s) for s in scores]
 
@@ -105,12 +106,12 @@ class AllocationAgent:
         environment = environment_for(context)
         start = uniform_counts(context.cost, environment.budget)
         ratios = (np.array(start) / context.cost.group_sizes).tolist()
-        policy = AllocationPolicy(ratios, _orders(context), environment)
+        policy = AllocationPolicy(ratios, criterion_orders(context), environment)
         return run_search(policy, environment, context, "allocation", context.spec.criterion)
 
 
 class RandomSearchAgent:
     def search(self, context: SearchContext) -> SearchResult:
         environment = environment_for(context)
-        return run_search(RandomAllocations(_orders(context), environment), environment, context, "random-search",
-                          context.spec.criterion)
+        return run_search(RandomAllocations(criterion_orders(context), environment), environment, context,
+                          "random-search", context.spec.criterion)

@@ -21,7 +21,15 @@ from torch import Tensor, nn
 
 from ..cost import CostModel
 from ..data import Split
-from ..environment import ProxyData, PruningEnvironment, StepScores, kept_of, normalise_rewards
+from ..environment import (
+    ProxyData,
+    PruningEnvironment,
+    StepScores,
+    kept_of,
+    masks_of,
+    normalise_rewards,
+    validation_halves,
+)
 from ..events import StopCheck
 from ..selection import Budget
 from ..spec import PruneSpec
@@ -52,6 +60,9 @@ class SearchContext:
 class SearchResult:
     kept: list[list[int]]  # per group, indices into the original channels
     summary: dict[str, Any] = field(default_factory=dict)  # the report's ``search`` section
+    # the best distinct candidates, best first (``kept`` is the first); the finalist stage's challengers
+    candidates: list[Candidate] = field(default_factory=list)
+    history: SearchHistory | None = None  # every step's figures and every candidate scored, where kept
 
 
 CALIBRATION_IMAGES = 128  # per-channel statistics settle well before this; more only slows the search
@@ -76,12 +87,17 @@ class SearchHistory:
     mean_accuracy: list[float] = field(default_factory=list)
     mean_cost: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+    # every candidate scored: its per-group counts and its reward (what a sensitivity model is fitted to)
+    scored_counts: list[list[int]] = field(default_factory=list)
+    scored_rewards: list[float] = field(default_factory=list)
 
-    def record(self, scores: StepScores, seconds: float) -> None:
+    def record(self, scores: StepScores, seconds: float, masks: list[Tensor]) -> None:
         for values, value in ((self.mean_reward, scores.rewards.mean()), (self.best_reward, scores.rewards.max()),
                               (self.mean_accuracy, scores.accuracy.mean()),
                               (self.mean_cost, scores.cost_fraction.mean()), (self.seconds, seconds)):
             values.append(round(float(value), 6))
+        self.scored_counts += torch.stack([m.sum(1) for m in masks], 1).int().tolist()
+        self.scored_rewards += [round(float(r), 6) for r in scores.rewards]
 
     def step_data(self) -> dict[str, float]:
         """The latest step, as a prune_step event's data."""
@@ -117,33 +133,65 @@ def keep_ratios(groups: list[PrunableGroup], kept: list[list[int]]) -> dict[str,
     return {g.name: round(len(k) / g.size, 4) for g, k in zip(groups, kept, strict=True)}
 
 
-@dataclass
-class Best:
-    """The best candidate scored so far, by the search proxy."""
+@dataclass(frozen=True)
+class Candidate:
+    """A scored candidate: its proxy (the search's reward), its top-1 on the search images, its channels."""
 
     reward: float
     accuracy: float
     kept: list[list[int]]
 
-    @staticmethod
-    def of(best: Best | None, scores: StepScores, masks: list[Tensor]) -> Best:
-        """``best``, or the step's best candidate if it scored higher (an earlier one wins a tie)."""
-        k = int(np.argmax(scores.rewards))
-        if best is not None and best.reward >= float(scores.rewards[k]):
-            return best
-        return Best(float(scores.rewards[k]), float(scores.accuracy[k]), kept_of(masks, k))
+
+@dataclass
+class Leaderboard:
+    """The ``size`` best distinct candidates scored so far by the search proxy, best first; of two equal
+    rewards the one scored earlier ranks first."""
+
+    size: int = 1
+    entries: list[Candidate] = field(default_factory=list)
+
+    @property
+    def best(self) -> Candidate:
+        return self.entries[0]
+
+    def offer(self, scores: StepScores, masks: list[Tensor]) -> None:
+        for k, reward in enumerate(scores.rewards.tolist()):
+            if len(self.entries) == self.size and reward <= self.entries[-1].reward:
+                continue
+            kept = kept_of(masks, k)
+            if any(entry.kept == kept for entry in self.entries):
+                continue
+            place = next((i for i, entry in enumerate(self.entries) if entry.reward < reward), len(self.entries))
+            self.entries.insert(place, Candidate(reward, float(scores.accuracy[k]), kept))
+            del self.entries[self.size:]
+
+    def state(self) -> dict[str, Any]:
+        return {"size": self.size, "entries": [vars(c) for c in self.entries]}
+
+    @classmethod
+    def restore(cls, state: dict[str, Any] | None, size: int) -> Leaderboard:
+        """From :meth:`state`, from a checkpoint of an earlier version (one ``best`` candidate), or empty."""
+        if not state:
+            return cls(size)
+        if "entries" not in state:
+            return cls(size, [Candidate(**state)])
+        return cls(state["size"], [Candidate(**c) for c in state["entries"]])
+
+
+def leaderboard_size(spec: PruneSpec) -> int:
+    """How many candidates a search hands on: its finalists and one more (the uniform allocation may be
+    among its best, and is a finalist anyway), or only the best."""
+    return spec.finalists.count + 1 if spec.finalists is not None else 1
 
 
 def proxy_data(context: SearchContext) -> ProxyData:
-    """Fixed search images (the first half of validation, capped by ``eval_samples``), the other half held out.
+    """Fixed search images and the held-out half (:func:`validation_halves`).
 
     BatchNorm statistics come from fixed training slices: one for the search, another for the held-out
     score, so that score shares neither images nor statistics with the selection.
     """
-    val, spec = context.val, context.spec
-    half = max(1, len(val) // 2)
-    search = min(half, spec.eval_samples or half)
-    held_out = slice(half, None) if len(val) > 1 else slice(None)
+    spec = context.spec
+    search, held_out = validation_halves(context.val, spec)
 
     def calibration(part: int) -> Split | None:
         if not spec.bn_recalibration:
@@ -153,19 +201,23 @@ def proxy_data(context: SearchContext) -> ProxyData:
             window = slice(None, CALIBRATION_IMAGES)  # too few training images for two disjoint slices
         return Split(context.train.images[window], context.train.labels[window])
 
-    return ProxyData(Split(val.images[:search], val.labels[:search]),
-                     Split(val.images[held_out], val.labels[held_out]), calibration(0), calibration(1))
+    return ProxyData(search, held_out, calibration(0), calibration(1))
 
 
 def environment_for(context: SearchContext, model: nn.Module | None = None) -> PruningEnvironment:
     """The environment of a search on ``model`` (the pretrained one by default)."""
     return PruningEnvironment(context.model if model is None else model, context.groups, context.cost,
-                              Budget.of(context.spec), proxy_data(context), context.device)
+                              Budget.of(context.spec), proxy_data(context), context.device, context.spec.proxy)
 
 
-def proxy_summary(best: Best, held_out: PruningEnvironment) -> dict[str, Any]:
+def score_candidate(context: SearchContext, kept: list[list[int]]) -> float:
+    """One network's proxy on the search images, as a search scores its candidates."""
+    return float(environment_for(context).score(masks_of([kept], context.groups)).rewards[0])
+
+
+def proxy_summary(best: Candidate, held_out: PruningEnvironment) -> dict[str, Any]:
     """The returned candidate's proxy: where it was selected (optimistic) and on the held-out images."""
-    return {"search": {"log_likelihood": round(best.reward, 6), "accuracy": round(best.accuracy, 6)},
+    return {"name": held_out.proxy, "search": {"reward": round(best.reward, 6), "accuracy": round(best.accuracy, 6)},
             "held_out": held_out.held_out(best.kept)}
 
 
@@ -210,7 +262,7 @@ def run_search(policy: nn.Module, environment: PruningEnvironment, context: Sear
     parameters = list(policy.parameters())
     optimizer = torch.optim.Adam(parameters, lr=spec.lr) if parameters else None
     generator = torch.Generator().manual_seed(context.seed)
-    history, best, start = SearchHistory(), None, 0
+    history, board, start = SearchHistory(), Leaderboard(leaderboard_size(spec)), 0
     checkpoint = context.state_dir / f"{method}.pt"
     if checkpoint.exists():
         state = torch.load(checkpoint, weights_only=True)
@@ -219,30 +271,31 @@ def run_search(policy: nn.Module, environment: PruningEnvironment, context: Sear
             optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
         history, start = SearchHistory(**state["history"]), state["step"]
-        best = Best(**state["best"]) if state["best"] else None
+        board = Leaderboard.restore(state.get("board", state.get("best")), board.size)
     began = time.perf_counter()
     for step in range(start, spec.steps):
         context.stop()
         step_began = time.perf_counter()
         masks = policy.sample(spec.samples_per_step, generator)
         scores = environment.score(masks)
-        best = Best.of(best, scores, masks)
+        board.offer(scores, masks)
         if optimizer is not None:
             reinforce_step(optimizer, policy.log_prob(masks), torch.as_tensor(scores.rewards, dtype=torch.float32))
-        history.record(scores, time.perf_counter() - step_began)
+        history.record(scores, time.perf_counter() - step_began, masks)
         save_atomic({"policy": policy.state_dict(), "optimizer": optimizer.state_dict() if optimizer else None,
                      "generator": generator.get_state(), "history": vars(history), "step": step + 1,
-                     "best": vars(best)}, checkpoint)
-        context.report((step + 1) / spec.steps, f"search step {step + 1}/{spec.steps}: mean log-likelihood "
+                     "board": board.state()}, checkpoint)
+        context.report((step + 1) / spec.steps, f"search step {step + 1}/{spec.steps}: mean {spec.proxy} "
                        f"{history.mean_reward[-1]:.3f}, mean accuracy {history.mean_accuracy[-1]:.2%}, best "
                        f"{max(history.best_reward):.3f}",
                        {"step": step + 1, "steps": spec.steps, **history.step_data(), **policy.telemetry()})
     mode = policy.mode()
-    best = Best.of(best, environment.score(mode), mode)
+    board.offer(environment.score(mode), mode)
+    best = board.best
     summary = history.summary(method, spec.samples_per_step, best.kept, context.groups, time.perf_counter() - began)
     summary.update(evaluations=spec.steps * spec.samples_per_step + 1, criterion=criterion,
                    proxy=proxy_summary(best, environment))
-    return SearchResult(best.kept, summary)
+    return SearchResult(best.kept, summary, board.entries, history)
 
 
 class Agent(Protocol):

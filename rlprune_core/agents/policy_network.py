@@ -38,11 +38,12 @@ from ..masking import masked
 from ..selection import channel_scores, ranking, top_k, uniform_counts
 from ..training import save_atomic, sgd_steps
 from .base import (
-    Best,
+    Leaderboard,
     SearchContext,
     SearchHistory,
     SearchResult,
     environment_for,
+    leaderboard_size,
     proxy_summary,
     reinforce_step,
 )
@@ -142,7 +143,7 @@ class PolicyNetworkAgent:
         torch.manual_seed(context.seed)
         network = PolicyNetwork(float(np.clip(sum(layers.shares) / sum(g.size for g in groups), 0.05, 0.95)))
         optimizer = torch.optim.Adam(network.parameters(), lr=spec.lr * NETWORK_LR_SCALE)
-        history, best, first_layer = SearchHistory(), None, 0
+        history, board, first_layer = SearchHistory(), Leaderboard(leaderboard_size(spec)), 0
         checkpoint = context.state_dir / "policy-network.pt"
         if checkpoint.exists():
             state = torch.load(checkpoint, map_location=context.device, weights_only=True)
@@ -150,7 +151,7 @@ class PolicyNetworkAgent:
             optimizer.load_state_dict(state["optimizer"])
             work.load_state_dict(state["work"])
             layers.decided, history, first_layer = state["decided"], SearchHistory(**state["history"]), state["layer"]
-            best = Best(**state["best"]) if state["best"] else None
+            board = Leaderboard.restore(state.get("board", state.get("best")), board.size)
 
         images = environment.data.search.images
         began = time.perf_counter()
@@ -168,10 +169,10 @@ class PolicyNetworkAgent:
                                           generator=generator)
                 masks = layers.candidates(index, actions, probabilities.detach())
                 scores = environment.score(masks)
-                best = Best.of(best, scores, masks)
+                board.offer(scores, masks)
                 log_prob = torch.distributions.Bernoulli(probs=probabilities).log_prob(masks[index]).sum(1)
                 reinforce_step(optimizer, log_prob, torch.as_tensor(scores.rewards, dtype=torch.float32))
-                history.record(scores, time.perf_counter() - step_began)
+                history.record(scores, time.perf_counter() - step_began, masks)
                 done = index * steps_per_layer + step + 1
                 context.report(done / (len(groups) * steps_per_layer),
                                f"layer {index + 1}/{len(groups)} ({groups[index].name}) step {step + 1}/"
@@ -184,18 +185,19 @@ class PolicyNetworkAgent:
             layers.decided[index] = top_k(probabilities, layers.counts(index, float(probabilities.sum()))[index])
             if index + 1 < len(groups) and spec.layer_finetune_steps:
                 self._finetune(work, context, layers.current_masks(context.device), index)
-                best = None  # scores before the finetune are not comparable with those after it
+                board = Leaderboard(board.size)  # scores before the finetune are not comparable with those after it
             save_atomic({"network": network.state_dict(), "optimizer": optimizer.state_dict(),
                          "work": work.state_dict(), "decided": layers.decided, "history": vars(history),
-                         "layer": index + 1, "best": vars(best) if best else None}, checkpoint)
+                         "layer": index + 1, "board": board.state()}, checkpoint)
         final = masks_of([layers.decided], groups)
-        best = Best.of(best, environment.score(final), final)
+        board.offer(environment.score(final), final)
+        best = board.best
         summary = history.summary("policy-network", spec.samples_per_step, best.kept, groups,
                                   time.perf_counter() - began)
         summary.update(steps_per_layer=steps_per_layer, criterion=spec.criterion,
                        evaluations=len(history.mean_reward) * spec.samples_per_step + 1,
                        proxy=proxy_summary(best, environment_for(context)))
-        return SearchResult(best.kept, summary)
+        return SearchResult(best.kept, summary, board.entries)
 
     @staticmethod
     def _finetune(model: nn.Module, context: SearchContext, masks: list[Tensor], index: int) -> None:
