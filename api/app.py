@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 import anyio.to_thread
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 from fastapi_standalone_docs import StandaloneDocs
 
 from store.db import make_async_engine, make_engine, session_factory
@@ -22,7 +23,9 @@ from .limits import BodyLimitMiddleware
 from .metrics import LatencyMiddleware, Metrics
 from .reads import Reader
 from .routes import health, jobs, ui, uploads, webhooks
-from .scratch import sweep
+from .services import Services
+from .streams import StreamSlots
+from .uploads.scratch import sweep
 
 MULTIPART_SLACK_BYTES = 64 << 10
 log = logging.getLogger("rlprune.api")
@@ -33,36 +36,38 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Blocking handlers run on anyio's thread pool (40 threads by default). Each needs a database
     connection, so threads beyond the pool's size would only queue for connections while contending for
     the GIL: the pool size caps the threads too, and the other requests wait their turn on the loop."""
-    anyio.to_thread.current_default_thread_limiter().total_tokens = app.state.settings.db_pool_size
-    swept = await anyio.to_thread.run_sync(sweep, app.state.settings.resolved_upload_dir)
+    services: Services = app.state.services
+    anyio.to_thread.current_default_thread_limiter().total_tokens = services.settings.db_pool_size
+    swept = await anyio.to_thread.run_sync(sweep, services.settings.resolved_upload_dir)
     if swept:
         log.info("removed %d unfinished uploads that a stopped API process left behind", swept)
-    if app.state.bucket is not None:
-        await anyio.to_thread.run_sync(app.state.bucket.ensure)
-    app.state.reader.start()
+    if services.bucket is not None:
+        await anyio.to_thread.run_sync(services.bucket.ensure)
+    services.reader.start()
     gc.freeze()  # the objects of start-up live as long as the process: keep full collections off them
     yield
-    await app.state.reader.close()
-    app.state.engine.dispose()
+    await services.reader.close()
+    services.engine.dispose()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     app = FastAPI(title="rlprune", version="0.1.0", lifespan=_lifespan,
                   description="Shrink convolutional networks by RL-driven channel pruning. Errors are "
-                              "RFC 9457 `application/problem+json`.")
-    app.state.settings = settings
-    app.state.engine = make_engine(settings.resolved_database_url, pool_size=settings.db_pool_size,
-                                   pool_timeout=settings.db_pool_timeout_seconds)
-    app.state.sessions = session_factory(app.state.engine)
-    app.state.bucket = Bucket.from_settings(settings)
-    app.state.metrics = Metrics(app.state.sessions)
-    app.state.reader = Reader(app.state.engine, make_async_engine(
-        settings.resolved_database_url, pool_size=settings.db_pool_size, pool_timeout=settings.db_pool_timeout_seconds),
-        settings.job_cache_entries, settings.job_cache_seconds, app.state.metrics.job_reads)
-    app.state.dispatcher = make_client(settings.resolved_broker_url)
-    app.state.dispatcher.conf.broker_connection_timeout = 2  # an unreachable broker is a quick 503
-    app.state.streams = jobs.StreamSlots(settings.max_streams_per_tenant)
+                              "RFC 9457 `application/problem+json`.",
+                  generate_unique_id_function=operation_id)
+    engine = make_engine(settings.resolved_database_url, pool_size=settings.db_pool_size,
+                         pool_timeout=settings.db_pool_timeout_seconds)
+    sessions = session_factory(engine)
+    metrics = Metrics(sessions)
+    queue = make_client(settings.resolved_broker_url)
+    queue.conf.broker_connection_timeout = 2  # an unreachable broker is a quick 503
+    reader = Reader(engine, make_async_engine(settings.resolved_database_url, pool_size=settings.db_pool_size,
+                                              pool_timeout=settings.db_pool_timeout_seconds),
+                    settings.job_cache_entries, settings.job_cache_seconds, metrics.job_reads)
+    app.state.services = Services(settings=settings, engine=engine, sessions=sessions,
+                                  bucket=Bucket.from_settings(settings), queue=queue, reader=reader,
+                                  streams=StreamSlots(settings.max_streams_per_tenant), metrics=metrics)
     problems.install(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
@@ -79,10 +84,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     upload_body = settings.max_upload_bytes + MULTIPART_SLACK_BYTES
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
                        larger={"/datasets": upload_body, "/checkpoints": upload_body})
-    app.add_middleware(AuthMiddleware, keys=KeyCache(app.state.sessions))
+    app.add_middleware(AuthMiddleware, keys=KeyCache(sessions))
     app.add_middleware(problems.UnexpectedErrorMiddleware)
-    app.add_middleware(LatencyMiddleware, metrics=app.state.metrics)
+    app.add_middleware(LatencyMiddleware, metrics=metrics)
     return app
+
+
+def operation_id(route: APIRoute) -> str:
+    """``jobs-read``, ``webhooks-delete``: stable names that generated clients turn into sane method names."""
+    return f"{route.tags[0]}-{route.name}" if route.tags else route.name
 
 
 def __getattr__(name: str) -> FastAPI:

@@ -7,6 +7,7 @@ request just to learn who it is. The price is that a revoked key keeps working f
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from typing import Annotated
@@ -16,11 +17,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from store.jobs import hash_key, tenant_for_key
+from store.keys import KEY_PREFIX, hash_key, tenant_for_key
 
-from .problems import problem_body
+from .problems import Problem, send_problem
 
 CACHE_SECONDS = 5.0
+# What rlprune makes (store.keys): anything else is refused without a database query.
+KEY_FORMAT = re.compile(rf"{re.escape(KEY_PREFIX)}[A-Za-z0-9_-]{{43}}")
+CHALLENGE = {"WWW-Authenticate": "Bearer"}
 CACHE_ENTRIES = 10_000
 PUBLIC = ("/healthz", "/readyz", "/metrics", "/docs", "/redoc", "/openapi.json")
 PUBLIC_ASSETS = ("/docs/", "/redoc/")  # the API docs' own scripts and styles, served from the app
@@ -80,15 +84,16 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         key = bearer_key(scope)
-        found, tenant = self.keys.cached(key) if key else (True, None)
+        if key is None:
+            await send_problem(send, scope["path"], Problem(401, "send an API key as 'Authorization: Bearer <key>'",
+                                                            headers=CHALLENGE))
+            return
+        found, tenant = self.keys.cached(key) if KEY_FORMAT.fullmatch(key) else (True, None)
         if not found:
             tenant = await run_in_threadpool(self.keys.lookup, key)
         if tenant is None:
-            body = problem_body(401, "Unauthorized", scope["path"], "send an API key as 'Authorization: Bearer <key>'")
-            await send({"type": "http.response.start", "status": 401, "headers": [
-                (b"content-type", b"application/problem+json"), (b"www-authenticate", b"Bearer"),
-                (b"content-length", str(len(body)).encode())]})
-            await send({"type": "http.response.body", "body": body})
+            await send_problem(send, scope["path"], Problem(
+                401, "the API key was not accepted: it is unknown or has been revoked", headers=CHALLENGE))
             return
         scope.setdefault("state", {})["tenant"] = tenant
         await self.app(scope, receive, send)

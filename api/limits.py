@@ -40,4 +40,4 @@ class BodyLimitMiddleware:
 
     @staticmethod
     def too_large(limit: int) -> Problem:
-        return Problem(413, "Content Too Large", f"request bodies are limited to {limit} bytes")
+        return Problem(413, f"request bodies are limited to {limit} bytes")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -12,22 +13,34 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from rlprune_core.spec import field_errors
 from store.db import is_outage
 
 MEDIA_TYPE = "application/problem+json"
+PROBLEM = {"content": {MEDIA_TYPE: {}}}  # an OpenAPI response whose body is a problem
 RETRY_AFTER_SECONDS = 5
 log = logging.getLogger("rlprune.api")
+# RFC 9110's names where Python 3.11's HTTPStatus still has the older ones
+TITLES = {413: "Content Too Large", 422: "Unprocessable Content"}
+
+
+def title_of(status: int) -> str:
+    """A problem's title: with ``type`` about:blank, the status's own phrase (RFC 9457, section 4.2.1)."""
+    return TITLES.get(status) or HTTPStatus(status).phrase
 
 
 class Problem(Exception):
-    def __init__(self, status: int, title: str, detail: str | None = None, *, headers: dict[str, str] | None = None,
+    """An error answer: its status, what went wrong (``detail``), headers, and extension members."""
+
+    def __init__(self, status: int, detail: str | None = None, *, headers: dict[str, str] | None = None,
                  **extra: Any):
-        self.status, self.title, self.detail, self.headers, self.extra = status, title, detail, headers, extra
+        self.status, self.title, self.detail = status, title_of(status), detail
+        self.headers, self.extra = headers, extra
 
 
 def unavailable(detail: str) -> Problem:
     """503 with Retry-After: the service is overloaded or a backing service is down; the request is fine."""
-    return Problem(503, "Service Unavailable", detail, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+    return Problem(503, detail, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
 def problem_body(status: int, title: str, instance: str, detail: str | None = None, **extra: Any) -> bytes:
@@ -52,15 +65,8 @@ def problem_response(request: Request, problem: Problem) -> JSONResponse:
     return JSONResponse(body, status_code=problem.status, headers=problem.headers, media_type=MEDIA_TYPE)
 
 
-def _field(loc: tuple) -> str:
-    parts = [str(p) for p in loc]
-    if parts and parts[0] in ("body", "query", "path", "header"):
-        parts = parts[1:] if parts[0] == "body" else parts
-    return ".".join(parts) or "body"
-
-
 def invalid(field: str, message: str) -> Problem:
-    return Problem(422, "Invalid request", f"{field}: {message}", errors=[{"field": field, "message": message}])
+    return Problem(422, f"{field}: {message}", errors=[{"field": field, "message": message}])
 
 
 def install(app: FastAPI) -> None:
@@ -70,16 +76,14 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"field": _field(tuple(e["loc"])),
-                   "message": "unknown field" if e["type"] == "extra_forbidden"
-                   else e["msg"].removeprefix("Value error, ")} for e in exc.errors()]
+        errors = field_errors(exc.errors(), whole="body")
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-        return problem_response(request, Problem(422, "Invalid request", detail, errors=errors))
+        return problem_response(request, Problem(422, detail, errors=errors))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem_response(request, Problem(exc.status_code, str(exc.detail),
-                                                 headers=getattr(exc, "headers", None)))
+        detail = None if exc.detail == title_of(exc.status_code) else str(exc.detail)
+        return problem_response(request, Problem(exc.status_code, detail, headers=getattr(exc, "headers", None)))
 
 
 
@@ -90,7 +94,7 @@ def unexpected(error: BaseException, method: str, path: str) -> Problem:
         log.warning("database unavailable during %s %s: %s", method, path, type(error).__name__)
         return unavailable("the job store is unavailable; retry shortly")
     log.error("unexpected error on %s %s", method, path, exc_info=error)
-    return Problem(500, "Internal Server Error")
+    return Problem(500)
 
 
 class UnexpectedErrorMiddleware:

@@ -18,7 +18,7 @@ from prometheus_client import Counter
 from sqlalchemy import Engine, Row
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from store import jobs as store
+from store import jobs
 
 from .job_cache import JobBody, JobCache, PostgresListener, SqliteWatch
 from .schemas import JobOut, etag
@@ -70,9 +70,9 @@ class Reader:
         parameters = {"job_id": job_id, "tenant": tenant}
         if self.async_engine is None:
             with self.engine.connect() as connection:
-                return connection.execute(store.JOB_ROW, parameters).first()
+                return connection.execute(jobs.JOB_ROW, parameters).first()
         async with self.async_engine.connect() as connection:
-            return (await connection.execute(store.JOB_ROW, parameters)).first()
+            return (await connection.execute(jobs.JOB_ROW, parameters)).first()
 
     async def close(self) -> None:
         if self._listener is not None:

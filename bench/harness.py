@@ -13,6 +13,7 @@ an interrupted benchmark continues where it stopped when run again.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -147,7 +148,8 @@ def finetune_run(point: Point, kept: Sequence[Sequence[int]], recipe: FinetuneSp
 
 
 class Cells:
-    """Finished cells, saved after each one, so an interrupted run continues where it stopped."""
+    """Finished cells, saved after each one, so an interrupted run continues where it stopped. Several
+    benchmark processes may share one file: each save merges what the others saved meanwhile, under a lock."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -157,14 +159,19 @@ class Cells:
         if key not in self.rows:
             self.rows[key] = job()
             self.save()
-            print(json.dumps({k: v for k, v in self.rows[key].items() if k != "runs"}), flush=True)
+            print(json.dumps({k: v for k, v in self.rows[key].items() if k not in ("runs", "test_correct")}),
+                  flush=True)
         return self.rows[key]
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(self.rows, indent=1))
-        temporary.replace(self.path)
+        with open(self.path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            saved = json.loads(self.path.read_text()) if self.path.exists() else {}
+            self.rows = {**saved, **self.rows}
+            temporary = self.path.with_suffix(".tmp")
+            temporary.write_text(json.dumps(self.rows, indent=1))
+            temporary.replace(self.path)
 
 
 def mean_accuracy(cell: dict, field: str = "test_accuracy") -> float:

@@ -43,7 +43,7 @@ from rlprune_core.latency.target import Target
 from rlprune_core.latency.timing import measure_models
 from rlprune_core.locations import Locations
 from rlprune_core.models import ModelConfig, build_model
-from rlprune_core.selection import Budget, project_counts, select_random
+from rlprune_core.selection import Budget, project_counts, select
 from rlprune_core.spec import BudgetSpec
 from rlprune_core.structure import find_groups
 from rlprune_core.surgery import prune_model
@@ -81,7 +81,7 @@ def cost_model_cell(name: str, batch: int, threads: int, allocations: int) -> di
     rows = []
     for index in range(allocations):
         counts = np.maximum(1, np.round(rng.uniform(0.25, 1.0, len(groups)) * cost.group_sizes)).astype(int)
-        pruned = prune_model(model, groups, select_random(groups, counts.tolist(), index), example).eval()
+        pruned = prune_model(model, groups, select(model, groups, counts.tolist(), "random", index), example).eval()
         measured = measure_models({"unpruned": model, "pruned": pruned}, (3, SIZE, SIZE), target)
         predicted = float(priced.keep_fraction(counts, "latency"))
         ratio = measured["pruned"] / measured["unpruned"]

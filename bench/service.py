@@ -31,8 +31,8 @@ from sqlalchemy import select, update
 
 from rlprune_core.pipeline import run_pipeline
 from rlprune_core.spec import JobSpec
-from store import jobs as store
 from store.db import make_engine, session_factory, transaction
+from store.keys import create_api_key
 from store.models import Job, JobStatus
 from tests.support.databases import fresh_postgres, fresh_redis
 from tests.support.migrations import migrate
@@ -61,7 +61,7 @@ def _key(database_url: str, tenant: str) -> str:
     engine = make_engine(database_url)
     try:
         with transaction(session_factory(engine)) as session:
-            return store.create_api_key(session, "bench", tenant)[1]
+            return create_api_key(session, "bench", tenant)[1]
     finally:
         engine.dispose()
 

@@ -18,11 +18,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from rlprune_core.summary import report_summary
-
 from .client import Client
 from .errors import ApiError
 from .models import FINISHED, Event, Job
+from .summary import report_summary
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 err = Console(stderr=True)

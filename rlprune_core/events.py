@@ -5,15 +5,27 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from typing import Any
 
 STAGES = ("pretrain", "prune", "finetune", "export")
 
 
+class EventType(StrEnum):
+    """What a pipeline event reports."""
+
+    STAGE = "stage"  # a stage began
+    EPOCH = "epoch"  # a training epoch ended (its run, losses, accuracies)
+    PRUNE_STEP = "prune_step"  # a search step ended (rewards, accuracy, cost)
+    INFO = "info"  # a one-off notice: a re-initialised classifier, a latency table, the finalist chosen
+    WARNING = "warning"  # something the user should act on: a teacher near chance
+    RESUMED = "resumed"  # a run continued from its checkpoint
+    COMPLETED = "completed"  # the job's report is written
+
+
 @dataclass(frozen=True)
 class Event:
-    """``type`` is one of: stage, epoch, prune_step, info (a one-off notice, e.g. a re-initialised
-    classifier), resumed, completed."""
+    """One :class:`EventType` with its stage, message, the job's progress and figures."""
 
     type: str
     stage: str | None

@@ -13,10 +13,15 @@ validation scores vary, and the margin keeps that from returning a network that 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from .agents.base import Candidate
+from .data import Split
+from .export import save_weights
+from .finetuning import Finetuner, held_out_scores
 from .spec import FinalistSpec
+from .workfolder import WorkFolder
 
 UNIFORM = "uniform"
 
@@ -46,6 +51,33 @@ def finalists(candidates: Sequence[Candidate], uniform: list[list[int]], uniform
     challengers = [c for c in candidates if c.kept != uniform][:count]
     return [Finalist(UNIFORM, uniform, uniform_proxy),
             *(Finalist(f"candidate {rank}", c.kept, c.reward) for rank, c in enumerate(challengers, start=1))]
+
+
+def from_selection(selection: dict, agent: str) -> list[Finalist]:
+    """The prune stage's networks as ``prune.json`` holds them (one ``kept`` list before finalists existed)."""
+    if "finalists" in selection:
+        return [Finalist(**f) for f in selection["finalists"]]
+    return [Finalist(agent, selection["kept"], None)]
+
+
+def weights_of(folder: WorkFolder, index: int) -> Path:
+    return folder / f"finalist-{index}.safetensors"
+
+
+def score_finalists(finetuner: Finetuner, chosen: Sequence[Finalist], folder: WorkFolder, held_out: Split,
+                    epochs: int | None) -> list[Scored]:
+    """Each finalist finetuned (``epochs``: a shortened recipe), its weights kept and its held-out scores
+    recorded as it finishes, so a resumed stage finetunes only the finalists not yet recorded."""
+    scored = []
+    for index, finalist in enumerate(chosen):
+        if finalist.name not in folder.finalists:
+            model, seconds = finetuner.finetune(finalist.kept, finalist.name, epochs=epochs)
+            save_weights(model, weights_of(folder, index))
+            scores = held_out_scores(model, held_out, finetuner.inputs.device)
+            folder.record(folder.finalists, finalist.name, {**asdict(scores), "seconds": seconds})
+        record = folder.finalists[finalist.name]
+        scored.append(Scored(finalist, record["accuracy"], record["log_likelihood"], record["seconds"]))
+    return scored
 
 
 def decide(scored: Sequence[Scored], margin: float) -> tuple[Scored, str]:

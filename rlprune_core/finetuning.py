@@ -13,16 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from .data import Split
 from .device import eval_mode, prepare, prepare_input
 from .events import StopCheck
 from .run_inputs import RunInputs
-from .spec import FinetuneSpec
+from .spec import FinalistSpec, FinetuneSpec, JobSpec
 from .surgery import prune_model
 from .training import EpochResult, Teacher, train
 
+RETURNED = "returned"  # the run that finetunes the winner in full, after shortened finalist runs
 # (label, result): an epoch of the run called ``label`` finished
 EpochSink = Callable[[str, EpochResult], None]
 ResumeSink = Callable[[str, int], None]
@@ -66,6 +68,12 @@ class Finetuner:
         weight = recipe.distillation.weight
         self.teacher = Teacher(pretrained, weight, recipe.distillation.temperature) if weight > 0 else None
 
+    def load(self, kept: Sequence[Sequence[int]], weights: Path) -> nn.Module:
+        """The network keeping ``kept`` with finetuned weights saved before (a resumed stage)."""
+        model = self.pruned(kept)
+        model.load_state_dict(load_file(str(weights), device=str(self.inputs.device)))
+        return model
+
     def pruned(self, kept: Sequence[Sequence[int]]) -> nn.Module:
         """The pretrained model with only ``kept`` channels, before any finetuning."""
         return prepare(prune_model(self.pretrained, self.inputs.groups, kept, self.inputs.example), self.inputs.device)
@@ -84,3 +92,29 @@ class Finetuner:
               on_epoch=lambda result: self.on_epoch(label, result), stop=self.stop,
               on_resume=lambda epoch: self.on_resume(label, epoch), teacher=self.teacher)
         return model, time.perf_counter() - began
+
+
+class FinetunePlan:
+    """The finetune stage's runs in order, each a label and its epochs, for the stage's progress: the
+    finalists (or the one network to finetune), the winner's full finetune where the finalists' was
+    shortened, then the baselines."""
+
+    def __init__(self, spec: JobSpec, finalists: list[str], baselines: list[str], finalist_spec: FinalistSpec | None):
+        full = spec.finetune.epochs
+        if len(finalists) == 1 or finalist_spec is None:
+            self.runs = [(finalists[0], full)]
+        else:
+            self.runs = [(name, finalist_spec.epochs or full) for name in finalists]
+            if finalist_spec.epochs is not None:
+                self.runs.append((RETURNED, full))
+        self.runs += [(name, full) for name in baselines]
+
+    @property
+    def total(self) -> int:
+        return sum(epochs for _, epochs in self.runs)
+
+    def fraction(self, label: str, epoch: int | None = None) -> float:
+        """Share of the stage done after ``epoch`` of run ``label`` (after the whole run by default)."""
+        index = next((i for i, (name, _) in enumerate(self.runs) if name == label), len(self.runs) - 1)
+        before = sum(epochs for _, epochs in self.runs[:index])
+        return (before + (self.runs[index][1] if epoch is None else epoch)) / max(1, self.total)

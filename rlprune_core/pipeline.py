@@ -26,10 +26,10 @@ from .budgets import budget_for
 from .checkpoint import load_checkpoint
 from .device import copy_to, prepare
 from .environment import validation_halves
-from .events import STAGES, Event, EventSink, StopCheck
+from .events import STAGES, Event, EventSink, EventType, StopCheck
 from .export import artifact_record, export_onnx, export_program, export_pt2, model_description, save_weights
-from .finalists import UNIFORM, Finalist, Scored, decide, finalists, section
-from .finetuning import Finetuner, held_out_scores
+from .finalists import UNIFORM, Finalist, decide, finalists, from_selection, score_finalists, section, weights_of
+from .finetuning import RETURNED, FinetunePlan, Finetuner
 from .latency.comparison import compare_latency
 from .locations import Locations
 from .metrics import model_stats
@@ -43,7 +43,6 @@ from .verify import verify_artifacts
 from .workfolder import WorkFolder
 
 EXPORT_UNITS = 1.0  # the export stage's work, in epochs of training (for the progress estimate)
-RETURNED = "returned"  # the run that finetunes the winner in full, after shortened finalist runs
 # A teacher whose validation accuracy is below this many times chance (1 / classes) is "near chance".
 NEAR_CHANCE = 1.5
 
@@ -69,39 +68,6 @@ def run_pipeline(spec: JobSpec, workdir: str | Path, on_event: EventSink | None 
     return _Run(inputs, folder, on_event or (lambda _event: None), StopCheck(should_stop), locations).run()
 
 
-class _Runs:
-    """The finetune stage's runs in order, each a label and its epochs, for the stage's progress: the
-    finalists (or the one network to finetune), the winner's full finetune where the finalists' was
-    shortened, then the baselines."""
-
-    def __init__(self, spec: JobSpec, finalists: list[str], baselines: list[str], finalist_spec: FinalistSpec | None):
-        full = spec.finetune.epochs
-        if len(finalists) == 1 or finalist_spec is None:
-            self.runs = [(finalists[0], full)]
-        else:
-            self.runs = [(name, finalist_spec.epochs or full) for name in finalists]
-            if finalist_spec.epochs is not None:
-                self.runs.append((RETURNED, full))
-        self.runs += [(name, full) for name in baselines]
-
-    @property
-    def total(self) -> int:
-        return sum(epochs for _, epochs in self.runs)
-
-    def fraction(self, label: str, epoch: int | None = None) -> float:
-        """Share of the stage done after ``epoch`` of run ``label`` (after the whole run by default)."""
-        index = next((i for i, (name, _) in enumerate(self.runs) if name == label), len(self.runs) - 1)
-        before = sum(epochs for _, epochs in self.runs[:index])
-        return (before + (self.runs[index][1] if epoch is None else epoch)) / max(1, self.total)
-
-
-def _finalists_of(selection: dict, agent: str) -> list[Finalist]:
-    """The prune stage's networks as ``prune.json`` holds them (one ``kept`` list before finalists existed)."""
-    if "finalists" in selection:
-        return [Finalist(**f) for f in selection["finalists"]]
-    return [Finalist(agent, selection["kept"], None)]
-
-
 class _Run:
     def __init__(self, inputs: RunInputs, folder: WorkFolder, sink: EventSink, stop: StopCheck,
                  locations: Locations):
@@ -116,7 +82,7 @@ class _Run:
         finalist_spec = self.finalist_spec
         expected = [spec.prune.agent] if finalist_spec is None else [UNIFORM, *(
             f"candidate {rank}" for rank in range(1, finalist_spec.count + 1))]
-        self.runs = _Runs(spec, expected, self.extra_baselines, finalist_spec)
+        self.runs = FinetunePlan(spec, expected, self.extra_baselines, finalist_spec)
         self.plan = {
             "pretrain": float(spec.pretrain.epochs),
             "prune": search_units(spec.prune, len(data.train), len(data.val)),
@@ -125,7 +91,7 @@ class _Run:
         }
         self.budget = budget_for(spec.prune, inputs, folder.checkpoints / "latency-table.json",
                                  locations.cache_dir, stop,
-                                 lambda message, data: self.emit("info", "prune", message, 0.0, **data))
+                                 lambda message, data: self.emit(EventType.INFO, "prune", message, 0.0, **data))
 
     # -- events -------------------------------------------------------------------------------------
     def progress(self, stage: str, fraction: float) -> float:
@@ -133,7 +99,7 @@ class _Run:
         before = sum(self.plan[s] for s in STAGES[: STAGES.index(stage)])
         return min(1.0, (before + self.plan[stage] * min(max(fraction, 0.0), 1.0)) / total)
 
-    def emit(self, type_: str, stage: str | None, message: str, fraction: float = 0.0, **data: Any) -> None:
+    def emit(self, type_: EventType, stage: str | None, message: str, fraction: float = 0.0, **data: Any) -> None:
         progress = 1.0 if stage is None else self.progress(stage, fraction)
         self.sink(Event(type_, stage, message, round(progress, 4), data))
 
@@ -141,7 +107,7 @@ class _Run:
     def run(self) -> dict[str, Any]:
         done = self.folder.done
         if done:
-            self.emit("resumed", STAGES[len(done)], f"resuming after {', '.join(done)}", 0.0, done=list(done))
+            self.emit(EventType.RESUMED, STAGES[len(done)], f"resuming after {', '.join(done)}", 0.0, done=list(done))
         pretrained = self.pretrain()
         self.check_teacher()
         self.budget.prepare(pretrained)
@@ -165,14 +131,14 @@ class _Run:
             model.load_state_dict(load_file(str(weights), device=str(inputs.device)))
             return model
         began = time.perf_counter()
-        self.emit("stage", "pretrain", "pretraining the unpruned model")
+        self.emit(EventType.STAGE, "pretrain", "pretraining the unpruned model")
         fresh: list[str] = []
         if self.spec.model.checkpoint:
             fresh = load_checkpoint(model, self.locations.checkpoint, inputs.config, inputs.device)
         if fresh:
             untrained = "; with pretrain.epochs 0 only finetuning trains them" if not self.spec.pretrain.epochs else ""
-            self.emit("info", "pretrain", f"the checkpoint's classifier has another class count, so {', '.join(fresh)} "
-                      f"start from fresh weights{untrained}", 0.0, classifier_reinitialised=fresh)
+            self.emit(EventType.INFO, "pretrain", f"the checkpoint's classifier has another class count, so "
+                      f"{', '.join(fresh)} start from fresh weights{untrained}", 0.0, classifier_reinitialised=fresh)
         data = inputs.data
         train(model, data.train, data.val, self.spec.pretrain, device=inputs.device, flip=data.flip,
               seed=self.spec.seed, checkpoint=self.folder.checkpoints / "pretrain-model.pt",
@@ -185,11 +151,11 @@ class _Run:
         return model
 
     def epoch(self, stage: str, label: str, result: EpochResult, fraction: float) -> None:
-        self.emit("epoch", stage, f"{label} epoch {result.epoch}/{result.epochs}: loss {result.loss:.3f}, "
+        self.emit(EventType.EPOCH, stage, f"{label} epoch {result.epoch}/{result.epochs}: loss {result.loss:.3f}, "
                   f"val accuracy {result.val_accuracy:.2%}", fraction, run=label, **vars(result))
 
     def resumed(self, stage: str, label: str, epoch: int, fraction: float) -> None:
-        self.emit("resumed", stage, f"{label}: resuming after epoch {epoch}", fraction, run=label, epoch=epoch)
+        self.emit(EventType.RESUMED, stage, f"{label}: resuming after epoch {epoch}", fraction, run=label, epoch=epoch)
 
     def check_teacher(self) -> None:
         """Warn when the unpruned model, the finetune's teacher, is near chance: distilling it cannot help."""
@@ -200,23 +166,23 @@ class _Run:
                        "classes; distilling from it cannot help: pretrain longer, or set "
                        "finetune.distillation.weight to 0")
             if self.folder.warn("teacher_near_chance", message):
-                self.emit("warning", "pretrain", message, 1.0, code="teacher_near_chance")
+                self.emit(EventType.WARNING, "pretrain", message, 1.0, code="teacher_near_chance")
 
     def prune(self, pretrained: nn.Module) -> list[Finalist]:
         """The networks the finetune stage chooses among: the search's result alone, or the uniform
         allocation and the search's best distinct candidates (its finalists), each fitted to the budget."""
         if "prune" in self.folder.done:
-            return _finalists_of(self.folder.read_json("prune.json"), self.spec.prune.agent)
+            return from_selection(self.folder.read_json("prune.json"), self.spec.prune.agent)
         inputs = self.inputs
         began = time.perf_counter()
-        self.emit("stage", "prune", f"choosing channels with the {self.spec.prune.agent} agent")
+        self.emit(EventType.STAGE, "prune", f"choosing channels with the {self.spec.prune.agent} agent")
         state_dir = self.folder.checkpoints / "search"
         state_dir.mkdir(exist_ok=True)
         context = SearchContext(
             model=pretrained, groups=list(inputs.groups), cost=self.budget.cost,
             val=inputs.data.val, train=inputs.data.train, flip=inputs.data.flip, spec=self.budget.search_spec,
             device=inputs.device, seed=self.spec.seed, state_dir=state_dir,
-            report=lambda fraction, message, data: self.emit("prune_step", "prune", message, fraction, **data),
+            report=lambda fraction, message, data: self.emit(EventType.PRUNE_STEP, "prune", message, fraction, **data),
             stop=self.stop,
         )
         result = get_agent(self.spec.prune.agent).search(context)
@@ -245,7 +211,7 @@ class _Run:
     def finetune(self, pretrained: nn.Module, chosen: list[Finalist]) -> tuple[nn.Module, list[list[int]]]:
         """Finetune the finalists and keep the winner (or the one network there is), then the baselines."""
         folder, inputs = self.folder, self.inputs
-        self.runs = runs = _Runs(self.spec, [f.name for f in chosen], self.extra_baselines, self.finalist_spec)
+        self.runs = runs = FinetunePlan(self.spec, [f.name for f in chosen], self.extra_baselines, self.finalist_spec)
         finetuner = Finetuner(inputs, pretrained, self.spec.finetune, folder.checkpoints, self.stop,
                               on_epoch=lambda label, result: self.epoch("finetune", label, result,
                                                                         runs.fraction(label, result.epoch)),
@@ -254,16 +220,16 @@ class _Run:
         weights = folder / "finetuned.safetensors"
         if "finetune" in folder.done:
             kept = folder.done["finetune"].get("kept", chosen[0].kept)
-            return self._load(finetuner, kept, weights), kept
+            return finetuner.load(kept, weights), kept
         began = time.perf_counter()
-        self.emit("stage", "finetune", "finetuning the pruned model" if len(chosen) == 1 else
+        self.emit(EventType.STAGE, "finetune", "finetuning the pruned model" if len(chosen) == 1 else
                   f"finetuning {len(chosen)} finalists: the uniform allocation and the search's best candidates")
         decision = None
         if len(chosen) > 1:
             model, winner, decision = self.finalist_stage(finetuner, chosen)
         elif weights.exists():  # written atomically once the returned network is finetuned
             winner = chosen[0]
-            model = self._load(finetuner, winner.kept, weights)
+            model = finetuner.load(winner.kept, weights)
         else:
             winner = chosen[0]
             model, _ = finetuner.finetune(winner.kept, winner.name)
@@ -282,35 +248,20 @@ class _Run:
         the winner's finetuned weights become the returned network's (or it is finetuned in full)."""
         folder, spec = self.folder, self.finalist_spec
         held_out = validation_halves(self.inputs.data.val, self.spec.prune)[1]
-        scored = []
-        for index, finalist in enumerate(chosen):
-            path = folder / f"finalist-{index}.safetensors"
-            if finalist.name not in folder.finalists:
-                model, seconds = finetuner.finetune(finalist.kept, finalist.name, epochs=spec.epochs)
-                save_weights(model, path)
-                scores = held_out_scores(model, held_out, self.inputs.device)
-                folder.record(folder.finalists, finalist.name, {**asdict(scores), "seconds": seconds})
-            record = folder.finalists[finalist.name]
-            scored.append(Scored(finalist, record["accuracy"], record["log_likelihood"], record["seconds"]))
+        scored = score_finalists(finetuner, chosen, folder, held_out, spec.epochs)
         winner, reason = decide(scored, spec.margin)
         returned = folder / "finetuned.safetensors"
         if returned.exists():  # a resumed run: the winner was finetuned (and announced) before
-            model = self._load(finetuner, winner.finalist.kept, returned)
+            model = finetuner.load(winner.finalist.kept, returned)
         else:
-            self.emit("info", "finetune", f"returning {winner.finalist.name}: {reason}",
+            self.emit(EventType.INFO, "finetune", f"returning {winner.finalist.name}: {reason}",
                       self.runs.fraction(chosen[-1].name), winner=winner.finalist.name)
             if spec.epochs is None:
-                model = self._load(finetuner, winner.finalist.kept,
-                                   folder / f"finalist-{chosen.index(winner.finalist)}.safetensors")
+                model = finetuner.load(winner.finalist.kept, weights_of(folder, chosen.index(winner.finalist)))
             else:
                 model, _ = finetuner.finetune(winner.finalist.kept, RETURNED)
             save_weights(model, returned)
         return model, winner.finalist, section(scored, winner, reason, spec, [g.name for g in self.inputs.groups])
-
-    def _load(self, finetuner: Finetuner, kept: list[list[int]], weights: Path) -> nn.Module:
-        model = finetuner.pruned(kept)
-        model.load_state_dict(load_file(str(weights), device=str(self.inputs.device)))
-        return model
 
     def _baseline(self, finetuner: Finetuner, kept: list[list[int]], name: str) -> dict:
         """Same pretrained model and budget, finetuned the same way; ``<criterion>`` keeps equal ratios per
@@ -328,7 +279,7 @@ class _Run:
     def export(self, model: nn.Module, kept: list[list[int]], pretrained: nn.Module) -> dict[str, Any]:
         inputs, folder = self.inputs, self.folder
         began = time.perf_counter()
-        self.emit("stage", "export", "exporting and verifying the pruned model")
+        self.emit(EventType.STAGE, "export", "exporting and verifying the pruned model")
         # before any artifact: a model that misses its budget must not look finished
         budget = self.budget.verify(pretrained, model, kept, folder.done["pretrain"]["baseline"],
                                     folder.done["finetune"]["final"])
@@ -355,7 +306,7 @@ class _Run:
         folder.write_json("report.json", report)
         folder.finish_stage("export", began, seconds=seconds)
         folder.remove_intermediates()
-        self.emit("completed", None, f"final accuracy {final['accuracy']:.2%} at "
+        self.emit(EventType.COMPLETED, None, f"final accuracy {final['accuracy']:.2%} at "
                   f"{report['budget']['achieved']:.1%} of the {report['budget']['metric']}", 1.0,
                   final=final, budget=report["budget"])
         return report

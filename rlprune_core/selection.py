@@ -180,11 +180,6 @@ def select(model: nn.Module, groups: Sequence[PrunableGroup], counts: Sequence[i
     return keep_top(channel_scores(model, groups, criterion, seed), counts)
 
 
-def select_random(groups: Sequence[PrunableGroup], counts: Sequence[int], seed: int) -> list[list[int]]:
-    """Random channels at given counts, for callers that hold no model: equals ``select(..., "random", seed)``."""
-    return select(nn.Module(), groups, counts, "random", seed)
-
-
 def global_counts(model: nn.Module, groups: Sequence[PrunableGroup], cost: CostModel, budget: Budget,
                   criterion: str = "l1", seed: int = 0) -> list[int]:
     """The counts of one ranking across all groups (Torch-Pruning's global pruning): each channel's score,

@@ -12,10 +12,10 @@ whoever runs the job, see :mod:`rlprune_core.footprint`.
 
 from __future__ import annotations
 
-import json
 import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -60,7 +60,7 @@ NonNegative = Annotated[float, Field(ge=0.0, le=1e6)]
 class _JsonNumbers(yaml.SafeLoader):
     """YAML 1.1 reads ``1e-4`` (no dot, or no exponent sign) as a string; JSON and YAML 1.2 read a number.
 
-    Lax validation used to turn such strings into floats; strict validation does not, so the parser must.
+    Validation is strict (a string is never a number), so the parser itself reads such text as a float.
     """
 
 
@@ -329,17 +329,19 @@ class JobSpec(_Strict):
             raise SpecError(f"cannot read spec {path}: {exc.strerror}") from exc
         return cls.from_text(text)
 
-    def to_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True)
+
+def field_errors(errors: Iterable[Mapping[str, Any]], whole: str = "spec") -> list[dict[str, str]]:
+    """Pydantic's errors as ``{"field": "prune.budget.keep", "message": ...}``: the dotted path (without a
+    request's leading ``body``; ``whole`` where the error is about the whole thing) and a plain message."""
+    described = []
+    for err in errors:
+        loc = [str(p) for p in err["loc"]]
+        field = ".".join(loc[1:] if loc[:1] == ["body"] else loc) or whole
+        message = "unknown field" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+        described.append({"field": field, "message": message})
+    return described
 
 
 def describe_validation_error(exc: ValidationError) -> str:
     """One line per problem, each starting with the dotted field path (``prune.budget.keep: ...``)."""
-    parts = []
-    for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "spec"
-        message = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            message = "unknown field"
-        parts.append(f"{field}: {message}")
-    return "; ".join(parts)
+    return "; ".join(f"{e['field']}: {e['message']}" for e in field_errors(exc.errors()))

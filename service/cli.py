@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from rlprune_client.cli import add_jobs_command
-from rlprune_core import cli as core_cli
+
+from .run import add_run_command, dispatch
 
 
 def _settings(args: argparse.Namespace):
@@ -62,7 +63,7 @@ def _tenant(text: str) -> str:
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="rlprune", description="Shrink convnets by RL-driven channel pruning.")
     commands = root.add_subparsers(dest="command", required=True)
-    core_cli.add_run_command(commands)
+    add_run_command(commands)
     data_dir = argparse.ArgumentParser(add_help=False)
     data_dir.add_argument("--data-dir", type=Path, default=None,
                           help="embedded store and artifacts (default: ./rlprune-data, or RLPRUNE_DATA_DIR)")
@@ -88,7 +89,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return core_cli.dispatch(parser().parse_args(argv))
+    return dispatch(parser().parse_args(argv))
 
 
 if __name__ == "__main__":

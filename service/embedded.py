@@ -19,12 +19,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
-from alembic.config import Config
 from sqlalchemy.orm import Session
 
-from store import jobs as store
-from store.db import make_engine, session_factory, transaction
+from store.db import alembic_config, make_engine, session_factory, transaction
+from store.keys import create_api_key, list_api_keys, revoke_api_keys
 from store.settings import Settings
+from worker.command import worker_command
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_TENANT = "local"
@@ -36,10 +36,7 @@ RESTARTS_PER_MINUTE = 5  # a worker that dies faster than this is broken, not un
 def migrate(settings: Settings) -> None:
     """``alembic upgrade head`` on the settings' database (the compose stack runs the same as ``migrate``)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    config = Config(str(REPO / "alembic.ini"))
-    config.attributes["url"] = settings.resolved_database_url
-    config.attributes["configure_logger"] = False
-    command.upgrade(config, "head")
+    command.upgrade(alembic_config(settings.resolved_database_url), "head")
 
 
 def create_key(settings: Settings, name: str, tenant: str, rotate: bool = False) -> tuple[str, str]:
@@ -47,20 +44,20 @@ def create_key(settings: Settings, name: str, tenant: str, rotate: bool = False)
     same transaction. Returns (key id, key)."""
     with _key_store(settings) as session:
         if rotate:
-            store.revoke_api_keys(session, name=name, tenant=tenant)
-        return store.create_api_key(session, name, tenant)
+            revoke_api_keys(session, name=name, tenant=tenant)
+        return create_api_key(session, name, tenant)
 
 
 def revoke_keys(settings: Settings, *, key_id: str | None, name: str | None, tenant: str | None) -> int:
     with _key_store(settings) as session:
-        return store.revoke_api_keys(session, key_id=key_id, name=name, tenant=tenant)
+        return revoke_api_keys(session, key_id=key_id, name=name, tenant=tenant)
 
 
 def list_keys(settings: Settings) -> list[tuple[str, str, str, str, str | None]]:
     """(id, tenant, name, created, revoked) of every key; the keys themselves are never stored."""
     with _key_store(settings) as session:
         return [(k.id, k.tenant, k.name, k.created_at.isoformat(timespec="seconds"),
-                 k.revoked_at and k.revoked_at.isoformat(timespec="seconds")) for k in store.list_api_keys(session)]
+                 k.revoked_at and k.revoked_at.isoformat(timespec="seconds")) for k in list_api_keys(session)]
 
 
 @contextmanager
@@ -130,9 +127,7 @@ class WorkerSupervisor:
         self.starts = [t for t in self.starts if time.monotonic() - t < 60] + [time.monotonic()]
         with self.log_path.open("ab") as log:
             return subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool=solo", "--concurrency=1",
-                 "--prefetch-multiplier=1", "--loglevel=INFO", "--without-gossip", "--without-mingle",
-                 "-n", "embedded@%h"],
+                worker_command("embedded"),
                 cwd=REPO, env=worker_environment(self.settings), stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
 

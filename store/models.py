@@ -29,6 +29,27 @@ FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 LEASED = (JobStatus.RUNNING, JobStatus.CANCELLING)  # a worker holds the job
 
 
+class JobEventType(StrEnum):
+    """The events the store writes as a job's status changes; the pipeline's own (stage, epoch, prune_step,
+    info, warning, resumed, completed) are :class:`rlprune_core.events.EventType`."""
+
+    QUEUED = "queued"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+    REQUEUED = "requeued"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class ServiceErrorCode(StrEnum):
+    """A failed job's ``error.code`` when the service, not the job's spec or data, is the cause; the pipeline's
+    own codes are in :mod:`rlprune_core.errors`."""
+
+    INTERNAL_ERROR = "internal_error"  # a bug: the worker log has the traceback
+    WORKER_LOST = "worker_lost"  # every attempt's worker stopped renewing its lease
+    STORAGE_UNAVAILABLE = "storage_unavailable"  # the job's files could not be written or published
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

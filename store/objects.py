@@ -175,13 +175,6 @@ def job_key(job_id: str, run: str, name: str) -> str:
     return f"{job_prefix(job_id)}{run}/{name}"
 
 
-def upload_key(tenant_folder: str, kind: str, upload_id: str) -> str:
-    """A dataset upload is one tar of its checked folder; a checkpoint is its file."""
-    if kind == "dataset":
-        return f"uploads/{tenant_folder}/datasets/{upload_id}.tar"
-    return f"uploads/{tenant_folder}/checkpoints/{upload_id}.safetensors"
-
-
 def pack(folder: Path, target: Path) -> None:
     """One uncompressed tar of a checked dataset folder, members relative to it (images are compressed)."""
     with tarfile.open(target, "w") as archive:

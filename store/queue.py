@@ -8,7 +8,7 @@ from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport.sqlalchemy import Transport as SQLAlchemyTransport
 from sqlalchemy.orm import Session, sessionmaker
 
-from . import jobs as store
+from . import jobs
 from .db import transaction
 
 RUN_JOB = "rlprune.run_job"
@@ -46,7 +46,7 @@ def dispatch(sessions: sessionmaker[Session], client: Celery, job_id: str) -> No
     workers' sweep re-sends any queued job that was never noted as sent (the API died in between)."""
     send_job(client, job_id)
     with transaction(sessions) as session:
-        store.mark_dispatched(session, job_id)
+        jobs.mark_dispatched(session, job_id)
 
 
 def dispatch_or_discard(sessions: sessionmaker[Session], client: Celery, job_id: str) -> bool:
@@ -56,7 +56,7 @@ def dispatch_or_discard(sessions: sessionmaker[Session], client: Celery, job_id:
         dispatch(sessions, client, job_id)
     except Exception:
         with transaction(sessions) as session:
-            store.discard_unsent(session, job_id)
+            jobs.discard_unsent(session, job_id)
         return False
     return True
 

@@ -23,8 +23,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from . import jobs as store
-from . import uploads
+from . import jobs, uploads
 from .models import Job, Upload
 
 DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -42,17 +41,19 @@ class BadReference(ValueError):
 
 @dataclass(frozen=True)
 class Resolved:
-    """Where a job's inputs are on this server."""
+    """Where a job's inputs are on this server, and which of them are uploads (their ids)."""
 
     dataset_root: Path
     checkpoint: str | None  # a local path, or the storage URL of a job's artifact (see store.objects)
+    dataset_upload: str | None = None
+    checkpoint_upload: str | None = None
 
 
 def _upload(session: Session, tenant: str, upload_dir: Path, kind: str, field: str, reference: str) -> Path:
-    match = uploads.REFERENCE.fullmatch(reference)
-    if match is None or uploads.get_upload(session, tenant, kind, match["id"]) is None:
+    upload_id = uploads.upload_id(reference)
+    if upload_id is None or uploads.get_upload(session, tenant, kind, upload_id) is None:
         raise BadReference(field, f"names no {kind} upload of yours")
-    return uploads.files_of(upload_dir, tenant, kind, match["id"])
+    return uploads.files_of(upload_dir, tenant, kind, upload_id)
 
 
 def dataset_root(session: Session, tenant: str, dataset_dir: Path, upload_dir: Path, spec: dict[str, Any]) -> Path:
@@ -84,7 +85,7 @@ def checkpoint(session: Session, tenant: str, upload_dir: Path, spec: dict[str, 
         raise BadReference("model.checkpoint", "must be upload:<id>, one of your checkpoint uploads, or "
                                                   "job:<id>/<name>.safetensors, an artifact of one of your "
                                                   "succeeded jobs")
-    artifact = store.finished_artifact(session, tenant, match["job"], match["name"])
+    artifact = jobs.finished_artifact(session, tenant, match["job"], match["name"])
     if artifact is None:
         raise BadReference("model.checkpoint", "names no artifact of a succeeded job of yours")
     return artifact.path
@@ -95,7 +96,8 @@ def resolve(session: Session, tenant: str, dataset_dir: Path, upload_dir: Path, 
     :class:`BadReference` naming the first bad field. ``upload_dir`` is where tenants' uploads live.
     Accepting a job runs it inside :func:`store.jobs.create_job`, under the tenant's upload lock."""
     return Resolved(dataset_root(session, tenant, dataset_dir, upload_dir, spec),
-                    checkpoint(session, tenant, upload_dir, spec))
+                    checkpoint(session, tenant, upload_dir, spec), uploads.upload_id(spec["dataset"].get("root")),
+                    uploads.upload_id(spec["model"].get("checkpoint")))
 
 
 def still_stored(session: Session, ids: set[str]) -> set[str]:

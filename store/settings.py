@@ -94,6 +94,20 @@ class Settings(BaseSettings):
     def resolved_upload_dir(self) -> Path:
         return self.upload_dir or self.data_dir / "uploads"
 
+    def job_dir(self, job_id: str) -> Path:
+        """A job's work folder: its checkpoints while it runs, its artifacts once it has succeeded."""
+        return self.resolved_artifact_dir / job_id
+
+    @property
+    def cache_dir(self) -> Path:
+        """What jobs on this machine share: latency tables, copies of bucket objects."""
+        return self.data_dir / "cache"
+
+    @property
+    def objects_cache_dir(self) -> Path:
+        """This worker's copies of other jobs' artifacts from the bucket."""
+        return self.cache_dir / "objects"
+
 
 @lru_cache
 def get_settings() -> Settings:

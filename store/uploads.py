@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from sqlalchemy.orm import Session
 from .models import FINISHED, ID, Job, Upload, new_id, utcnow
 
 DATASET, CHECKPOINT = "dataset", "checkpoint"
+FOLDERS = {DATASET: "datasets", CHECKPOINT: "checkpoints"}  # per tenant, on disk and in a bucket
 REFERENCE = re.compile(rf"upload:(?P<id>{ID.pattern})")
 INCOMING = ".incoming"  # under upload_dir: uploads being received and checked, removed when done
 
@@ -45,8 +47,30 @@ def tenant_dir(upload_dir: Path, tenant: str) -> Path:
 def files_of(upload_dir: Path, tenant: str, kind: str, upload_id: str) -> Path:
     """The folder (a dataset) or file (a checkpoint) of one upload."""
     if kind == DATASET:
-        return tenant_dir(upload_dir, tenant) / "datasets" / upload_id
-    return tenant_dir(upload_dir, tenant) / "checkpoints" / f"{upload_id}.safetensors"
+        return tenant_dir(upload_dir, tenant) / FOLDERS[DATASET] / upload_id
+    return tenant_dir(upload_dir, tenant) / FOLDERS[CHECKPOINT] / f"{upload_id}.safetensors"
+
+
+def object_key(tenant: str, kind: str, upload_id: str) -> str:
+    """The upload's key in a bucket: a dataset is one tar of its checked folder, a checkpoint its file."""
+    folder = f"uploads/{tenant_folder(tenant)}/{FOLDERS[kind]}"
+    return f"{folder}/{upload_id}.tar" if kind == DATASET else f"{folder}/{upload_id}.safetensors"
+
+
+def stored_files(upload_dir: Path) -> Iterator[tuple[str, Path]]:
+    """(upload id, its folder or file) of every upload under ``upload_dir``, of every tenant."""
+    for path in upload_dir.glob(f"*/{FOLDERS[DATASET]}/*"):
+        if ID.fullmatch(path.name):
+            yield path.name, path
+    for path in upload_dir.glob(f"*/{FOLDERS[CHECKPOINT]}/*.safetensors"):
+        if ID.fullmatch(path.stem):
+            yield path.stem, path
+
+
+def upload_id(reference: object) -> str | None:
+    """The id in a spec's ``upload:<id>``; None for anything else."""
+    match = REFERENCE.fullmatch(str(reference or ""))
+    return match["id"] if match else None
 
 
 def used_bytes(session: Session, tenant: str) -> int:

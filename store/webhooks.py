@@ -6,21 +6,18 @@ due message as they claim jobs, with a conditional update under a fresh owner to
 send the same attempt, and the outcome is recorded only under that token: a slow sender whose lease was
 taken over, or whose endpoint was deleted meanwhile, records nothing.
 
-Receivers are checked here too (``resolve``), by the API when an endpoint is registered and by the worker
-before every attempt, because a name that resolved to a public address yesterday may not today.
+Receivers are checked by :mod:`store.receivers`, when an endpoint is registered and before every attempt.
 """
 
 from __future__ import annotations
 
 import base64
-import ipaddress
 import random
 import secrets
-import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from urllib.parse import SplitResult, urlsplit
+from enum import StrEnum
 
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
@@ -29,73 +26,22 @@ from .models import Job, WebhookAttempt, WebhookEndpoint, WebhookMessage, utcnow
 
 EVENTS = ("job.succeeded", "job.failed", "job.cancelled", "job.stage")
 FINISH_EVENTS = EVENTS[:3]
-MAX_URL_CHARS = 2000
-PENDING, SUCCEEDED, RETRYING, FAILED = "pending", "succeeded", "retrying", "failed"
+
+
+class DeliveryStatus(StrEnum):
+    """A message's state (pending, succeeded, failed) and an attempt's outcome (succeeded, retrying, failed)."""
+
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    RETRYING = "retrying"
+    FAILED = "failed"
+
+
 LEASE_MARGIN_SECONDS = 30.0  # a claim outlives one attempt's timeout by this much, then another worker may retry
 JITTER = 0.2  # each retry delay grows by up to this fraction: messages that failed together spread out
-# NAT64's well-known prefix carries an IPv4 address in its last 32 bits (RFC 6052).
-NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
-
-
-class BadUrl(ValueError):
-    """A receiver URL the service will not call; the message says why, without naming any address."""
-
 
 class TooManyWebhooks(Exception):
     """The tenant already has as many endpoints as the service allows (HTTP 429)."""
-
-
-# -- receivers --------------------------------------------------------------------------------------
-def parse_url(url: str) -> SplitResult:
-    """The syntax rules: http or https, a host, no user name or password, at most MAX_URL_CHARS."""
-    if len(url) > MAX_URL_CHARS:
-        raise BadUrl(f"at most {MAX_URL_CHARS} characters")
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018  (raises ValueError on a port that is not a number in range)
-    except ValueError as exc:
-        raise BadUrl("is not a valid URL") from exc
-    if parts.scheme.lower() not in ("http", "https"):
-        raise BadUrl("must be an http or https URL")
-    if "@" in parts.netloc:
-        raise BadUrl("must not hold a user name or password")
-    if not parts.hostname:
-        raise BadUrl("has no host")
-    return parts
-
-
-def _embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
-    """The IPv4 addresses an IPv6 address stands for (mapped, 6to4, Teredo, NAT64): each must pass too."""
-    embedded = [address.ipv4_mapped, address.sixtofour, *(address.teredo or ())]
-    if address in NAT64:
-        embedded.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
-    return [a for a in embedded if a is not None]
-
-
-def is_refused(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """Loopback, link-local, private, unique-local, multicast, reserved, unspecified, or anything else not
-    globally routable (shared address space, documentation ranges), including through an IPv6 form."""
-    if isinstance(address, ipaddress.IPv6Address) and any(is_refused(v4) for v4 in _embedded_ipv4(address)):
-        return True
-    return (address.is_loopback or address.is_link_local or address.is_private or address.is_multicast
-            or address.is_reserved or address.is_unspecified or not address.is_global)
-
-
-def resolve(url: str, allow_private: bool) -> tuple[SplitResult, list[ipaddress.IPv4Address | ipaddress.IPv6Address]]:
-    """The URL's parts and the addresses its host resolves to, all of them allowed; else :class:`BadUrl`.
-    Every address must pass, since the connection could use any of them."""
-    parts = parse_url(url)
-    port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
-    try:
-        infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError) as exc:
-        raise BadUrl("the host does not resolve") from exc
-    addresses = list(dict.fromkeys(ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos))
-    if not addresses:
-        raise BadUrl("the host does not resolve")
-    if not allow_private and any(is_refused(a) for a in addresses):
-        raise BadUrl("the host resolves to a loopback, private, link-local or reserved address")
-    return parts, addresses
 
 
 def new_secret() -> str:
@@ -169,7 +115,7 @@ class Claim:
 
 
 def _due(now: datetime):
-    return and_(WebhookMessage.status == PENDING, WebhookMessage.next_attempt_at <= now,
+    return and_(WebhookMessage.status == DeliveryStatus.PENDING, WebhookMessage.next_attempt_at <= now,
                 or_(WebhookMessage.lease_expires_at.is_(None), WebhookMessage.lease_expires_at < now))
 
 
@@ -210,11 +156,11 @@ def record_attempt(session: Session, claim: Claim, body: str | None, response_st
     lost (the endpoint was deleted, or the lease ran out and another worker took the message)."""
     now = utcnow()
     if error is None and response_status is not None and 200 <= response_status < 300:
-        outcome, values = SUCCEEDED, {"status": SUCCEEDED}
+        outcome, values = DeliveryStatus.SUCCEEDED, {"status": DeliveryStatus.SUCCEEDED}
     elif final or claim.attempt >= max_attempts:
-        outcome, values = FAILED, {"status": FAILED}
+        outcome, values = DeliveryStatus.FAILED, {"status": DeliveryStatus.FAILED}
     else:
-        outcome = RETRYING
+        outcome = DeliveryStatus.RETRYING
         values = {"next_attempt_at": now + timedelta(seconds=retry_delay(claim.attempt, backoff_seconds))}
     done = session.execute(update(WebhookMessage).where(
         WebhookMessage.id == claim.message_id, WebhookMessage.lease_owner == claim.owner,

@@ -15,6 +15,8 @@ from celery import signals
 from store.queue import make_client
 from store.settings import get_settings
 
+from .shutdown import SHUTTING_DOWN
+
 settings = get_settings()
 app = make_client(settings.resolved_broker_url, include=["worker.tasks"])
 app.set_current()
@@ -34,9 +36,10 @@ app.conf.update(
 def _stop_running_job(**_kwargs) -> None:
     """A warm shutdown would wait for the job to finish; instead the job stops at its next check and
     goes back to the queue, to resume from its checkpoint on the next worker."""
-    from .runner import SHUTTING_DOWN
+    from .reaper import forget_beat
 
     SHUTTING_DOWN.set()
+    forget_beat(settings)
 
 
 @signals.worker_ready.connect

@@ -1,6 +1,6 @@
 """A job's inputs as local files. With a bucket (``RLPRUNE_STORAGE_URL``), the uploads and job artifacts a
 spec names are copied into this worker's own folders first: the upload folder the local layout would use, and
-``<data dir>/cache/objects`` for other jobs' artifacts. Objects never change once written, so a copy that
+``Settings.objects_cache_dir`` for other jobs' artifacts. Objects never change once written, so a copy that
 exists is current and the next job naming it starts at once. Once the tenant deletes the upload or the job,
 the housekeeping thread drops the copies too (:func:`purge_deleted`).
 """
@@ -11,58 +11,47 @@ import re
 import shutil
 import tempfile
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from store import uploads
 from store.models import ID
-from store.objects import Bucket, unpack, upload_key
+from store.objects import Bucket, unpack
 from store.references import Resolved, still_stored
 from store.settings import Settings
 
 JOB_IN_KEY = re.compile(rf"(?:^|/)jobs/({ID.pattern})/")
 
 
-def _upload_id(reference: Any) -> str | None:
-    match = uploads.REFERENCE.fullmatch(str(reference or ""))
-    return match["id"] if match else None
-
-
-def fetch(settings: Settings, bucket: Bucket, tenant: str, spec: dict[str, Any], resolved: Resolved) -> Resolved:
+def fetch(settings: Settings, bucket: Bucket, tenant: str, resolved: Resolved) -> Resolved:
     """``resolved`` with every remote input replaced by a local copy."""
-    folder = uploads.tenant_folder(tenant)
     dataset_root, checkpoint = resolved.dataset_root, resolved.checkpoint
-    if (dataset := _upload_id(spec["dataset"].get("root"))) and not dataset_root.is_dir():
+    if resolved.dataset_upload and not dataset_root.is_dir():
         dataset_root.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=dataset_root.parent, prefix=".fetching.") as scratch:
             archive = Path(scratch) / "dataset.tar"
-            bucket.get(upload_key(folder, uploads.DATASET, dataset), archive)
+            bucket.get(uploads.object_key(tenant, uploads.DATASET, resolved.dataset_upload), archive)
             unpack(archive, dataset_root)
-    if (upload := _upload_id(spec["model"].get("checkpoint"))) and not Path(checkpoint).is_file():
-        bucket.get(upload_key(folder, uploads.CHECKPOINT, upload), Path(checkpoint))
+    if resolved.checkpoint_upload and not Path(checkpoint).is_file():
+        bucket.get(uploads.object_key(tenant, uploads.CHECKPOINT, resolved.checkpoint_upload), Path(checkpoint))
     elif checkpoint and checkpoint.startswith("s3://"):
         key = bucket.key_of(checkpoint)
-        local = settings.data_dir / "cache" / "objects" / key
+        local = settings.objects_cache_dir / key
         if not local.is_file():
             bucket.get(key, local)
         checkpoint = str(local)
-    return Resolved(dataset_root, checkpoint)
+    return replace(resolved, dataset_root=dataset_root, checkpoint=checkpoint)
 
 
 def local_copies(settings: Settings) -> dict[str, list[Path]]:
     """This worker's copies of bucket objects, by the id of the upload or job they belong to. Folders being
     fetched (``.fetching.*``) have no id and are left alone."""
     copies: dict[str, list[Path]] = defaultdict(list)
-    upload_dir = settings.resolved_upload_dir
-    for path in upload_dir.glob(f"*/{uploads.DATASET}s/*"):
-        if ID.fullmatch(path.name):
-            copies[path.name].append(path)
-    for path in upload_dir.glob(f"*/{uploads.CHECKPOINT}s/*.safetensors"):
-        if ID.fullmatch(path.stem):
-            copies[path.stem].append(path)
-    objects = settings.data_dir / "cache" / "objects"
+    for upload_id, path in uploads.stored_files(settings.resolved_upload_dir):
+        copies[upload_id].append(path)
+    objects = settings.objects_cache_dir
     for path in objects.rglob("*.*") if objects.is_dir() else ():
         if path.is_file() and (match := JOB_IN_KEY.search(path.relative_to(objects).as_posix())):
             copies[match[1]].append(path)

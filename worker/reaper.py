@@ -17,8 +17,9 @@ import threading
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
-from store import jobs as store
+from store import jobs, leases
 from store.db import make_engine, session_factory, transaction
+from store.models import JobStatus
 from store.queue import dispatch
 from store.settings import Settings
 
@@ -34,11 +35,11 @@ def reap_once(sessions: sessionmaker[Session], client: Celery, max_attempts: int
     """Requeue or fail every job with an expired lease; returns the ids sent to the queue again."""
     requeued = []
     with sessions() as session:
-        candidates = store.expired_jobs(session, grace_seconds)
+        candidates = leases.expired_jobs(session, grace_seconds)
     for job_id in candidates:
         with transaction(sessions) as session:
-            outcome = store.requeue_expired(session, job_id, max_attempts, grace_seconds)
-        if outcome == "queued":
+            outcome = leases.requeue_expired(session, job_id, max_attempts, grace_seconds)
+        if outcome == JobStatus.QUEUED:
             dispatch(sessions, client, job_id)  # after the commit, like the API
             requeued.append(job_id)
         if outcome:
@@ -49,7 +50,7 @@ def reap_once(sessions: sessionmaker[Session], client: Celery, max_attempts: int
 def redispatch_once(sessions: sessionmaker[Session], client: Celery, resend_after: float) -> list[str]:
     """Send again the queued jobs whose message may be missing; returns their ids."""
     with sessions() as session:
-        missing = store.undispatched_jobs(session, unsent_after=UNSENT_GRACE_SECONDS, resend_after=resend_after)
+        missing = jobs.undispatched_jobs(session, unsent_after=UNSENT_GRACE_SECONDS, resend_after=resend_after)
     for job_id in missing:
         dispatch(sessions, client, job_id)
         log.warning("job %s: queued without a message in the broker; sent again", job_id)
@@ -81,7 +82,19 @@ def start_reaper(settings: Settings, client: Celery) -> threading.Thread:
 
 def _beat(sessions: sessionmaker[Session]) -> None:
     with transaction(sessions) as session:
-        store.beat(session, WORKER_NAME)
+        leases.beat(session, WORKER_NAME)
+
+
+def forget_beat(settings: Settings) -> None:
+    """On a warm shutdown: this worker stops counting as live at once (``/readyz``), not when its beat ages."""
+    engine = make_engine(settings.resolved_database_url, pool_size=1)
+    try:
+        with transaction(session_factory(engine)) as session:
+            leases.forget_worker(session, WORKER_NAME)
+    except Exception as exc:  # the beat ages out anyway
+        log.warning("could not withdraw this worker's beat: %s", exc)
+    finally:
+        engine.dispose()
 
 
 def _purge(settings: Settings, sessions: sessionmaker[Session]) -> None:

@@ -22,47 +22,64 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, TypeVar
 
+from celery import Celery
 from celery.exceptions import Reject
 
-from store import jobs as store
-from store import references
+from rlprune_core.errors import SpecError
+from rlprune_core.events import EventType
+from store import jobs, leases, references
 from store.db import is_outage, make_engine, session_factory, transaction
-from store.models import Job, JobStatus
+from store.models import JobStatus, ServiceErrorCode
 from store.objects import Bucket, StorageUnavailable, job_key
 from store.queue import dispatch
 from store.settings import Settings
 
 from . import inputs
+from .shutdown import SHUTTING_DOWN
 
 log = logging.getLogger("rlprune.worker")
-ALWAYS_WRITTEN = {"stage", "resumed", "completed", "info"}
-SHUTTING_DOWN = threading.Event()  # set by the worker's shutdown signal
+# written at once, whatever the event budget and the progress interval: what a user must not miss
+ALWAYS_WRITTEN = {EventType.STAGE, EventType.RESUMED, EventType.COMPLETED, EventType.INFO, EventType.WARNING}
 CHECK_SECONDS = 2.0  # cancellation reaches a running job within this, plus the pipeline's own half second
 RETRY_SECONDS = 0.5
 # Writing the job's files failed because of the disk, not the job: reported as storage_unavailable.
 STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.ENOTDIR, errno.EACCES, errno.EPERM}
+UNEXPECTED = "the job failed unexpectedly; the worker log has the details"
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class BufferedEvent:
+    """A pipeline event waiting to be written, its data made plain JSON."""
+
+    type: str
+    stage: str | None
+    message: str
+    data: dict[str, Any]
+
+
 class JobRunner:
-    def __init__(self, settings: Settings, job_id: str):
+    """``client`` is the Celery app a released job is sent back through."""
+
+    def __init__(self, settings: Settings, job_id: str, client: Celery):
         self.settings = settings
         self.job_id = job_id
+        self.client = client
         self.run_token = uuid.uuid4().hex[:12]
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{self.run_token}"  # this run's fencing token
         self.bucket = Bucket.from_settings(settings)
         self.engine = make_engine(settings.resolved_database_url, pool_size=2,
                                   pool_timeout=settings.db_pool_timeout_seconds)
         self.sessions = session_factory(self.engine)
-        self.workdir = settings.resolved_artifact_dir / job_id
+        self.workdir = settings.job_dir(job_id)
         self.cancelled = threading.Event()
         self.lost = threading.Event()
         self.finished = threading.Event()
-        self.buffer: list[Any] = []
+        self.buffer: list[BufferedEvent] = []
         self.stage: str | None = None
         self.progress: float | None = None
         self.event_budget = 0
@@ -98,12 +115,12 @@ class JobRunner:
 
     def _claim(self) -> tuple[str, dict] | None:
         with transaction(self.sessions) as session:
-            if not store.claim(session, self.job_id, self.owner, self.settings.lease_seconds):
+            claimed = leases.claim(session, self.job_id, self.owner, self.settings.lease_seconds)
+            if claimed is None:
                 return None
-            job = session.get(Job, self.job_id)
-            self.event_budget = self.settings.max_event_rows - store.event_count(session, self.job_id)
-            log.info("job %s: attempt %d as %s", self.job_id, job.attempts, self.owner)
-            return job.tenant, job.spec
+            self.event_budget = self.settings.max_event_rows - jobs.event_count(session, self.job_id)
+            log.info("job %s: attempt %d as %s", self.job_id, claimed.attempts, self.owner)
+            return claimed.tenant, claimed.spec
 
     def _retrying(self, write: Callable[[], T]) -> T:
         """Retry a write through a database outage for up to one lease; after that the lease is gone anyway."""
@@ -122,7 +139,7 @@ class JobRunner:
         while not self.finished.wait(self.settings.heartbeat_seconds):
             try:
                 with transaction(self.sessions) as session:
-                    status = store.renew_lease(session, self.job_id, self.owner, self.settings.lease_seconds)
+                    status = leases.renew_lease(session, self.job_id, self.owner, self.settings.lease_seconds)
             except Exception as exc:
                 log.warning("job %s: heartbeat failed (%s); retrying", self.job_id, type(exc).__name__)
                 continue
@@ -142,18 +159,17 @@ class JobRunner:
             self.last_check = now
             try:
                 with self.sessions() as session:
-                    status, owner = session.query(Job.status, Job.lease_owner).filter(Job.id == self.job_id).one()
+                    status = leases.lease_state(session, self.job_id, self.owner)
             except Exception as exc:
                 if not is_outage(exc):
                     raise
             else:
-                self._note(status if owner == self.owner else None)
+                self._note(status)
         return self.cancelled.is_set() or self.lost.is_set() or SHUTTING_DOWN.is_set()
 
     def _on_event(self, event: Any) -> None:
         if event.type in ALWAYS_WRITTEN or self.event_budget > 0:
-            self.buffer.append(SimpleNamespace(type=event.type, stage=event.stage, message=event.message,
-                                               data=_jsonable(event.data)))
+            self.buffer.append(BufferedEvent(event.type, event.stage, event.message, _jsonable(event.data)))
             self.event_budget -= 1
         self.stage, self.progress = event.stage, event.progress
         now = time.monotonic()
@@ -169,7 +185,7 @@ class JobRunner:
 
         def write() -> str | None:
             with transaction(self.sessions) as session:
-                return store.record_progress(session, self.job_id, self.owner, self.buffer, self.stage,
+                return leases.record_progress(session, self.job_id, self.owner, self.buffer, self.stage,
                                              self.progress)
 
         try:
@@ -198,12 +214,12 @@ class JobRunner:
                 resolved = references.resolve(session, tenant, self.settings.resolved_dataset_dir,
                                               self.settings.resolved_upload_dir, spec_data)
             if self.bucket:
-                resolved = inputs.fetch(self.settings, self.bucket, tenant, spec_data, resolved)
+                resolved = inputs.fetch(self.settings, self.bucket, tenant, resolved)
             checkpoint = Path(resolved.checkpoint) if resolved.checkpoint else None
             locations = Locations(dataset_root=resolved.dataset_root, checkpoint=checkpoint,
                                   allow_download=spec.dataset.download,
                                   max_dataset_bytes=self.settings.max_dataset_bytes,
-                                  cache_dir=self.settings.data_dir / "cache")
+                                  cache_dir=self.settings.cache_dir)
             report = run_pipeline(spec, self.workdir, self._on_event, self._should_stop, locations=locations)
             records = [*report["artifacts"], artifact_record(self.workdir / "report.json")]
             artifacts = [{**record, "path": self._publish(record["name"])} for record in records]
@@ -215,22 +231,22 @@ class JobRunner:
                 return self._release()
             return self._finish(JobStatus.CANCELLED, "cancelled while running")
         except references.BadReference as exc:
-            return self._fail("invalid_spec", str(exc))
+            return self._fail(SpecError.code, str(exc))
         except StorageUnavailable as exc:
             log.error("job %s: %s", self.job_id, exc)
-            return self._fail("storage_unavailable", f"{exc}; nothing was published")
+            return self._fail(ServiceErrorCode.STORAGE_UNAVAILABLE, f"{exc}; nothing was published")
         except RlpruneError as exc:
             return self._fail(exc.code, str(exc))
         except OSError as exc:
             if exc.errno not in STORAGE_ERRNOS:
                 log.exception("job %s failed", self.job_id)
-                return self._fail("internal_error", "the job failed unexpectedly; the worker log has the details")
+                return self._fail(ServiceErrorCode.INTERNAL_ERROR, UNEXPECTED)
             log.error("job %s: cannot write its files: %s", self.job_id, exc)
-            return self._fail("storage_unavailable", "the worker could not write the job's files "
-                                                     f"({os.strerror(exc.errno)}); nothing was published")
+            return self._fail(ServiceErrorCode.STORAGE_UNAVAILABLE, "the worker could not write the job's files "
+                              f"({os.strerror(exc.errno)}); nothing was published")
         except Exception:
             log.exception("job %s failed", self.job_id)
-            return self._fail("internal_error", "the job failed unexpectedly; the worker log has the details")
+            return self._fail(ServiceErrorCode.INTERNAL_ERROR, UNEXPECTED)
         metrics = _jsonable({k: v for k, v in report.items() if k != "spec"})
         outcome = self._finish(JobStatus.SUCCEEDED, "job succeeded", artifacts=artifacts, metrics=metrics,
                                progress=1.0)
@@ -260,18 +276,16 @@ class JobRunner:
         return self._finish(JobStatus.FAILED, message, error={"code": code, "message": message})
 
     def _release(self) -> str:
-        from .app import app
-
         self._flush()
 
         def write() -> str | None:
             with transaction(self.sessions) as session:
-                return store.release(session, self.job_id, self.owner)
+                return leases.release(session, self.job_id, self.owner)
 
         outcome = self._retrying(write)
         if outcome == JobStatus.QUEUED:
             try:
-                dispatch(self.sessions, app, self.job_id)
+                dispatch(self.sessions, self.client, self.job_id)
             except Exception:  # the reaper's sweep re-sends queued jobs that were never dispatched
                 log.warning("job %s: could not re-send it now; the sweeper will", self.job_id)
         log.warning("job %s: worker shutting down; job %s", self.job_id, outcome or "already taken over")
@@ -284,7 +298,7 @@ class JobRunner:
 
         def write() -> bool:
             with transaction(self.sessions) as session:
-                return store.finish(session, self.job_id, self.owner, status, message, **fields)
+                return leases.finish(session, self.job_id, self.owner, status, message, **fields)
 
         try:
             held = self._retrying(write)
@@ -292,7 +306,7 @@ class JobRunner:
             if status == JobStatus.FAILED:
                 raise
             log.exception("job %s: could not record it as %s", self.job_id, status)
-            return self._fail("internal_error", "the job failed unexpectedly; the worker log has the details")
+            return self._fail(ServiceErrorCode.INTERNAL_ERROR, UNEXPECTED)
         if not held:
             log.warning("job %s: lease lost before it could be finished as %s", self.job_id, status)
             return "lease lost"

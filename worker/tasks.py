@@ -10,4 +10,4 @@ from .runner import JobRunner
 
 @app.task(name=RUN_JOB)
 def run_job(job_id: str) -> str:
-    return JobRunner(settings, job_id).run()
+    return JobRunner(settings, job_id, app).run()

@@ -24,9 +24,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from standardwebhooks.webhooks import Webhook
 
 from rlprune_client.models import Job as JobView
-from store import webhooks as outbox
+from store import jobs, receivers, webhooks
 from store.db import make_engine, session_factory, transaction
-from store.models import Job
 from store.settings import Settings
 from store.views import job_view
 
@@ -41,13 +40,13 @@ class Outcome:
     error: str | None = None
 
 
-def render(sessions: sessionmaker[Session], claim: outbox.Claim) -> str | None:
+def render(sessions: sessionmaker[Session], claim: webhooks.Claim) -> str | None:
     """The message body: fixed at the first attempt and stored with its outcome, so every retry sends the
     same bytes. None when the job was deleted before its message could be written."""
     if claim.body is not None:
         return claim.body
     with sessions() as session:
-        job = session.get(Job, claim.job_id)
+        job = jobs.any_job(session, claim.job_id)
         if job is None:
             return None
         data = JobView.model_validate(job_view(job)).model_dump(mode="json")
@@ -71,8 +70,8 @@ def excerpt(raw: bytes) -> str:
 def post(http: httpx.Client, url: str, headers: dict[str, str], body: str, allow_private: bool) -> Outcome:
     """One attempt, to an address checked just now. Any error is an outcome, never an exception."""
     try:
-        parts, addresses = outbox.resolve(url, allow_private)
-    except outbox.BadUrl as exc:
+        parts, addresses = receivers.check_receiver(url, allow_private)
+    except receivers.BadUrl as exc:
         return Outcome(error=str(exc))
     target = httpx.URL(url).copy_with(host=str(addresses[0]))
     request = http.build_request("POST", target, content=body.encode(), headers={**headers, "host": parts.netloc},
@@ -104,7 +103,7 @@ def send_once(sessions: sessionmaker[Session], http: httpx.Client, settings: Set
     """Claim one due message, send it, record the attempt; returns the attempt's status, or None when
     nothing was due (or the claim was lost)."""
     with transaction(sessions) as session:
-        claim = outbox.claim_due(session, uuid.uuid4().hex, settings.webhook_timeout_seconds)
+        claim = webhooks.claim_due(session, uuid.uuid4().hex, settings.webhook_timeout_seconds)
     if claim is None:
         return None
     body = render(sessions, claim)
@@ -114,10 +113,10 @@ def send_once(sessions: sessionmaker[Session], http: httpx.Client, settings: Set
         headers = signed_headers(claim.secret, claim.message_id, body, datetime.now(UTC))
         outcome, final = post(http, claim.url, headers, body, settings.webhook_allow_private), False
     with transaction(sessions) as session:
-        status = outbox.record_attempt(session, claim, body, outcome.response_status, outcome.error,
+        status = webhooks.record_attempt(session, claim, body, outcome.response_status, outcome.error,
                                        max_attempts=settings.webhook_max_attempts,
                                        backoff_seconds=settings.webhook_backoff_seconds, final=final)
-    if status in (outbox.RETRYING, outbox.FAILED):
+    if status in (webhooks.RETRYING, webhooks.FAILED):
         log.info("webhook %s attempt %d: %s (%s)", claim.message_id, claim.attempt, status, outcome.error)
     return status or "lost"
 

@@ -8,10 +8,11 @@ import logging
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from store.jobs import live_workers
+from store.leases import live_workers
 from store.queue import broker_reachable
 
 from ..problems import Problem, unavailable
+from ..services import ServicesDep
 
 router = APIRouter(tags=["health"])
 log = logging.getLogger("rlprune.api")
@@ -24,17 +25,17 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", responses={503: {"description": "a dependency is down", "content": {
     "application/problem+json": {}}}})
-def readyz(request: Request) -> dict[str, str]:
+def readyz(services: ServicesDep) -> dict[str, str]:
     """Ready when the database answers, the broker accepts a connection and (unless configured otherwise) a
     worker has beaten recently. The reasons name the part, never its address (this route is public)."""
-    settings = request.app.state.settings
+    settings = services.settings
     try:
-        with request.app.state.sessions() as session:
+        with services.sessions() as session:
             workers = live_workers(session, settings.worker_stale_seconds)
     except Exception as exc:
         log.warning("readiness: database: %s", exc)
         raise unavailable("the job store is unreachable") from exc
-    if not broker_reachable(request.app.state.dispatcher):
+    if not broker_reachable(services.queue):
         raise unavailable("the job queue is unreachable")
     if settings.ready_needs_worker and workers == 0:
         raise unavailable("no worker has been seen recently")
@@ -42,12 +43,12 @@ def readyz(request: Request) -> dict[str, str]:
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
-def metrics(request: Request) -> Response:
+def metrics(request: Request, services: ServicesDep) -> Response:
     """Public unless ``RLPRUNE_METRICS_TOKEN`` is set; then it needs that token as a bearer credential."""
-    token = request.app.state.settings.metrics_token
+    token = services.settings.metrics_token
     if token:
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-            raise Problem(401, "Unauthorized", "/metrics needs the metrics token", headers={
+            raise Problem(401, "/metrics needs the metrics token", headers={
                 "WWW-Authenticate": "Bearer"})
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)

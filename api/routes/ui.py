@@ -87,7 +87,7 @@ async def examples() -> Response:
 async def example(name: str) -> Response:
     text = EXAMPLES.get(name)
     if text is None:
-        raise Problem(404, "Not found", "no example of that name; GET /ui/examples lists them")
+        raise Problem(404, "no example of that name; GET /ui/examples lists them")
     return Response(text, media_type="application/json", headers=SECURITY_HEADERS)
 
 

@@ -1,6 +1,6 @@
 """/datasets and /checkpoints: a tenant's uploaded image-folder datasets and safetensors checkpoints.
 
-An upload streams into a scratch folder under the upload dir (``api.intake``), is checked there (an archive
+An upload streams into a scratch folder under the upload dir (``api.uploads.intake``), is checked there (an archive
 is extracted and every image decoded, a checkpoint's header read), and only then moves to its place by one
 atomic rename, in the transaction that inserts its row within the tenant's quota (``store.uploads``). Any
 refusal removes the scratch folder, so nothing of a refused upload stays. Another tenant's upload is a 404
@@ -19,19 +19,19 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from store import objects
-from store import uploads as store
+from store import objects, uploads
 from store.db import transaction
 from store.models import ID, Upload, new_id
 
-from .. import archives, intake
-from ..archives import BadUpload
 from ..auth import TenantDep
-from ..checkpoints import tensor_count
-from ..problems import Problem, invalid, unavailable
+from ..problems import PROBLEM, Problem, invalid, unavailable
 from ..schemas import CheckpointOut, DatasetOut
-from ..scratch import Scratch
-from .jobs import PROBLEM
+from ..services import Services, ServicesDep
+from ..uploads import archives, intake
+from ..uploads.archives import BadUpload
+from ..uploads.checkpoints import tensor_count
+from ..uploads.scratch import Scratch
+from .common import owned, responses
 
 log = logging.getLogger("rlprune.api")
 ARCHIVE_TYPES = ("application/x-tar", "application/gzip", "application/x-gzip", "application/zip")
@@ -43,48 +43,40 @@ UPLOAD_RESPONSES = {
 DELETE_RESPONSES = {409: {"description": "a queued or running job of yours uses it", **PROBLEM}}
 
 
-def _router(prefix: str, what: str) -> APIRouter:
-    return APIRouter(prefix=prefix, tags=["uploads"], responses={
-        401: {"description": "no valid API key", **PROBLEM},
-        404: {"description": f"no such {what} of yours", **PROBLEM},
-        422: {"description": "invalid request; `errors` names each field", **PROBLEM},
-        503: {"description": "overloaded or a backing service is down; see Retry-After", **PROBLEM}})
-
-
-datasets = _router("/datasets", "dataset")
-checkpoints = _router("/checkpoints", "checkpoint")
+datasets = APIRouter(prefix="/datasets", tags=["datasets"], responses=responses("dataset"))
+checkpoints = APIRouter(prefix="/checkpoints", tags=["checkpoints"], responses=responses("checkpoint"))
 
 
 def _refused(exc: BadUpload) -> Problem:
     if exc.status == 413:
-        return Problem(413, "Content Too Large", f"file: {exc.message}")
+        return Problem(413, f"file: {exc.message}")
     return invalid("file", exc.message)
 
 
-def _over_quota(exc: store.OverQuota) -> Problem:
-    return Problem(507, "Insufficient Storage", str(exc))
+def _over_quota(exc: uploads.OverQuota) -> Problem:
+    return Problem(507, str(exc))
 
 
-def _check_room(request: Request, tenant: str) -> None:
+def _check_room(services: Services, tenant: str) -> None:
     """Refuse before reading a byte when the tenant's quota is already full; the insert checks it again."""
-    quota = request.app.state.settings.upload_quota_bytes
-    with request.app.state.sessions() as session:
-        used = store.used_bytes(session, tenant)
+    quota = services.settings.upload_quota_bytes
+    with services.sessions() as session:
+        used = uploads.used_bytes(session, tenant)
     if used >= quota:
-        raise _over_quota(store.OverQuota(f"your uploads already take {used:,} bytes of your {quota:,}-byte "
+        raise _over_quota(uploads.OverQuota(f"your uploads already take {used:,} bytes of your {quota:,}-byte "
                                           "quota; delete some first"))
 
 
-def _keep(request: Request, tenant: str, kind: str, upload_id: str, source: Path, size: int, sha256: str,
+def _keep(services: Services, tenant: str, kind: str, upload_id: str, source: Path, size: int, sha256: str,
           meta: dict[str, Any]) -> Upload:
     """Insert the row within the quota and keep the checked files, all or nothing. Locally they move into
     place by one rename inside the transaction, so a failed rename rolls the row back and a refused row
     leaves them in the scratch folder. With a bucket they are put there first, under the upload's own key
     (no lock is held during the transfer), and taken back if the row is refused."""
-    settings, bucket = request.app.state.settings, request.app.state.bucket
-    key = objects.upload_key(store.tenant_folder(tenant), kind, upload_id)
+    settings, bucket = services.settings, services.bucket
+    key = uploads.object_key(tenant, kind, upload_id)
     if bucket is not None:
-        if kind == store.DATASET:
+        if kind == uploads.DATASET:
             packed = source.parent / "dataset.tar"
             objects.pack(source, packed)
             source = packed
@@ -92,10 +84,10 @@ def _keep(request: Request, tenant: str, kind: str, upload_id: str, source: Path
             bucket.put(source, key)
         except objects.StorageUnavailable as exc:
             raise unavailable(f"{exc}; the upload was not kept") from exc
-    final = store.files_of(settings.resolved_upload_dir, tenant, kind, upload_id)
+    final = uploads.files_of(settings.resolved_upload_dir, tenant, kind, upload_id)
     try:
-        with transaction(request.app.state.sessions) as session:
-            upload = store.create_upload(session, tenant, kind, size, sha256, meta, settings.upload_quota_bytes,
+        with transaction(services.sessions) as session:
+            upload = uploads.create_upload(session, tenant, kind, size, sha256, meta, settings.upload_quota_bytes,
                                          upload_id)
             if bucket is None:
                 final.parent.mkdir(parents=True, exist_ok=True)
@@ -103,7 +95,7 @@ def _keep(request: Request, tenant: str, kind: str, upload_id: str, source: Path
     except BaseException as exc:
         if bucket is not None:
             _forget(bucket, key)
-        if isinstance(exc, store.OverQuota):
+        if isinstance(exc, uploads.OverQuota):
             raise _over_quota(exc) from exc
         raise
     return upload
@@ -117,12 +109,12 @@ def _forget(bucket: objects.Bucket, key: str) -> None:
         log.warning("an upload's object stays in the bucket: %s", exc)
 
 
-async def _accept(request: Request, tenant: str, kind: str, raw_types: tuple[str, ...],
+async def _accept(request: Request, services: Services, tenant: str, kind: str, raw_types: tuple[str, ...],
                   check: Callable[[Path], tuple[Path, int, dict[str, Any]]]) -> Upload:
     """Receive the body into a scratch folder, ``check`` it there (returns the files to keep, their size
     and the row's meta), and keep it; the scratch folder goes in every case."""
-    settings = request.app.state.settings
-    await run_in_threadpool(_check_room, request, tenant)
+    settings = services.settings
+    await run_in_threadpool(_check_room, services, tenant)
     upload_id = new_id()
     scratch = Scratch(settings.resolved_upload_dir, upload_id)
     try:
@@ -133,18 +125,27 @@ async def _accept(request: Request, tenant: str, kind: str, raw_types: tuple[str
             source, size, meta = await run_in_threadpool(check, body)
         except BadUpload as exc:
             raise _refused(exc) from exc
-        return await run_in_threadpool(_keep, request, tenant, kind, upload_id, source, size, received.sha256, meta)
+        return await run_in_threadpool(_keep, services, tenant, kind, upload_id, source, size, received.sha256, meta)
     finally:
         await run_in_threadpool(scratch.remove)
 
 
-@datasets.post("", status_code=201, response_model=DatasetOut, responses=UPLOAD_RESPONSES, openapi_extra={
-    "requestBody": {"content": {t: {"schema": {"type": "string", "format": "binary"}} for t in ARCHIVE_TYPES}
-                    | {"multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
-                        "file": {"type": "string", "format": "binary"}}}}}}})
-async def upload_dataset(request: Request, response: Response, tenant: TenantDep) -> DatasetOut:
+MULTIPART = {"multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+    "file": {"type": "string", "format": "binary"}}}}}
+
+
+def _body(media_types: tuple[str, ...]) -> dict:
+    """The request body an upload route documents: the file itself, or a multipart form with it."""
+    return {"requestBody": {"content": {t: {"schema": {"type": "string", "format": "binary"}} for t in media_types}
+                            | MULTIPART}}
+
+
+@datasets.post("", status_code=201, name="upload", response_model=DatasetOut, responses=UPLOAD_RESPONSES,
+               openapi_extra=_body(ARCHIVE_TYPES))
+async def upload_dataset(request: Request, response: Response, tenant: TenantDep,
+                         services: ServicesDep) -> DatasetOut:
     """An image-folder archive (tar, tar.gz or zip): train/<class>/…, test/<class>/… and optionally val/."""
-    settings = request.app.state.settings
+    settings = services.settings
     limits = archives.Limits(settings.max_archive_files, settings.max_archive_member_bytes,
                              settings.max_extracted_bytes)
 
@@ -156,71 +157,61 @@ async def upload_dataset(request: Request, response: Response, tenant: TenantDep
         dataset = archives.check_layout(tree)
         return dataset.root, written, {"classes": dataset.classes, "counts": dataset.counts}
 
-    upload = await _accept(request, tenant, store.DATASET, ARCHIVE_TYPES, check)
+    upload = await _accept(request, services, tenant, uploads.DATASET, ARCHIVE_TYPES, check)
     response.headers["Location"] = f"/datasets/{upload.id}"
     return DatasetOut.of(upload)
 
 
-@checkpoints.post("", status_code=201, response_model=CheckpointOut, responses=UPLOAD_RESPONSES, openapi_extra={
-    "requestBody": {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-                                "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
-                                                                   "properties": {"file": {
-                                                                       "type": "string", "format": "binary"}}}}}}})
-async def upload_checkpoint(request: Request, response: Response, tenant: TenantDep) -> CheckpointOut:
+@checkpoints.post("", status_code=201, name="upload", response_model=CheckpointOut, responses=UPLOAD_RESPONSES,
+                  openapi_extra=_body(CHECKPOINT_TYPES))
+async def upload_checkpoint(request: Request, response: Response, tenant: TenantDep,
+                            services: ServicesDep) -> CheckpointOut:
     """A safetensors file, such as a job's pretrained.safetensors or weights trained elsewhere."""
 
     def check(body: Path) -> tuple[Path, int, dict[str, Any]]:
         return body, body.stat().st_size, {"tensors": tensor_count(body)}
 
-    upload = await _accept(request, tenant, store.CHECKPOINT, CHECKPOINT_TYPES, check)
+    upload = await _accept(request, services, tenant, uploads.CHECKPOINT, CHECKPOINT_TYPES, check)
     response.headers["Location"] = f"/checkpoints/{upload.id}"
     return CheckpointOut.of(upload)
 
 
 def _read_routes(router: APIRouter, kind: str, out: type[DatasetOut] | type[CheckpointOut]) -> None:
     """List, read and delete: the same for both kinds."""
-    not_found = Problem(404, "Not Found", f"no such {kind}")
+    not_found = Problem(404, f"no such {kind}")
 
-    def one(request: Request, tenant: str, upload_id: str) -> Upload:
-        if not ID.fullmatch(upload_id):
-            raise not_found
-        with request.app.state.sessions() as session:
-            upload = store.get_upload(session, tenant, kind, upload_id)
-        if upload is None:
-            raise not_found
-        return upload
+    @router.get("", response_model=list[out], name="list")
+    def list_uploads(tenant: TenantDep, services: ServicesDep) -> list[Any]:
+        with services.sessions() as session:
+            return [out.of(u) for u in uploads.list_uploads(session, tenant, kind)]
 
-    @router.get("", response_model=list[out], name=f"list_{kind}s")
-    def list_uploads(request: Request, tenant: TenantDep) -> list[Any]:
-        with request.app.state.sessions() as session:
-            return [out.of(u) for u in store.list_uploads(session, tenant, kind)]
+    @router.get("/{upload_id}", response_model=out, name="read")
+    def read(upload_id: str, tenant: TenantDep, services: ServicesDep) -> Any:
+        return out.of(owned(services.sessions, lambda session, id_: uploads.get_upload(session, tenant, kind, id_),
+                            upload_id, not_found))
 
-    @router.get("/{upload_id}", response_model=out, name=f"read_{kind}")
-    def read(upload_id: str, request: Request, tenant: TenantDep) -> Any:
-        return out.of(one(request, tenant, upload_id))
-
-    @router.delete("/{upload_id}", status_code=204, responses=DELETE_RESPONSES, name=f"delete_{kind}")
-    def delete(upload_id: str, request: Request, tenant: TenantDep) -> Response:
+    @router.delete("/{upload_id}", status_code=204, responses=DELETE_RESPONSES, name="delete")
+    def delete(upload_id: str, tenant: TenantDep, services: ServicesDep) -> Response:
         """Its files go with it. A job that names it and is still queued or running makes this a 409."""
         if not ID.fullmatch(upload_id):
             raise not_found
-        with transaction(request.app.state.sessions) as session:
-            deleted = store.delete_upload(session, tenant, kind, upload_id)
+        with transaction(services.sessions) as session:
+            deleted = uploads.delete_upload(session, tenant, kind, upload_id)
         if deleted is None:
             raise not_found
         if not deleted:
-            raise Problem(409, "Conflict", f"a queued or running job of yours uses this {kind}; wait for it to "
+            raise Problem(409, f"a queued or running job of yours uses this {kind}; wait for it to "
                                            "finish or cancel it first")
-        upload_dir = request.app.state.settings.resolved_upload_dir
-        files = store.files_of(upload_dir, tenant, kind, upload_id)
+        upload_dir = services.settings.resolved_upload_dir
+        files = uploads.files_of(upload_dir, tenant, kind, upload_id)
         trash = Scratch(upload_dir, new_id())
         with contextlib.suppress(FileNotFoundError):  # out of sight in one rename, then removed
             os.rename(files, trash.path / "gone")
         trash.remove()
-        if request.app.state.bucket is not None:
-            _forget(request.app.state.bucket, objects.upload_key(store.tenant_folder(tenant), kind, upload_id))
+        if services.bucket is not None:
+            _forget(services.bucket, uploads.object_key(tenant, kind, upload_id))
         return Response(status_code=204)
 
 
-_read_routes(datasets, store.DATASET, DatasetOut)
-_read_routes(checkpoints, store.CHECKPOINT, CheckpointOut)
+_read_routes(datasets, uploads.DATASET, DatasetOut)
+_read_routes(checkpoints, uploads.CHECKPOINT, CheckpointOut)

@@ -41,8 +41,8 @@ from typing import Any
 import httpx
 from sqlalchemy import select
 
-from store import jobs as store
 from store.db import make_engine, session_factory, transaction
+from store.keys import create_api_key
 from store.models import FINISHED, Job, JobEvent
 
 from .jobs import all_events
@@ -84,7 +84,7 @@ def prepare_database(url: str, *tenants: str) -> dict[str, str]:
     engine = make_engine(url)
     try:
         with transaction(session_factory(engine)) as session:
-            return {tenant: store.create_api_key(session, tenant, tenant)[1] for tenant in tenants}
+            return {tenant: create_api_key(session, tenant, tenant)[1] for tenant in tenants}
     finally:
         engine.dispose()
 

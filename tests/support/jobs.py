@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import httpx
@@ -28,3 +29,13 @@ def all_events(client: httpx.Client, job_id: str) -> list[dict]:
 
 def finished(job: dict) -> bool:
     return job["status"] in ("succeeded", "failed", "cancelled")
+
+
+def stream_events(client: httpx.Client, job_id: str, last_event_id: int | None = None,
+                  timeout: float = 300.0) -> list[dict]:
+    """The job's events as its Server-Sent Events stream delivers them, until the stream ends with the job."""
+    headers = {"Accept": "text/event-stream"}
+    if last_event_id is not None:
+        headers["Last-Event-ID"] = str(last_event_id)
+    with client.stream("GET", f"/jobs/{job_id}/events", headers=headers, timeout=timeout) as stream:
+        return [json.loads(line[5:]) for line in stream.iter_lines() if line.startswith("data:")]

@@ -3,16 +3,8 @@
 from __future__ import annotations
 
 from alembic import command
-from alembic.config import Config
 
-from .paths import REPO
-
-
-def alembic_config(url: str) -> Config:
-    config = Config(str(REPO / "alembic.ini"))
-    config.attributes["url"] = url
-    config.attributes["configure_logger"] = False
-    return config
+from store.db import alembic_config
 
 
 def migrate(url: str) -> None:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import httpx
 
+from worker.command import worker_command
+
 from .paths import REPO
 
 
@@ -53,9 +55,7 @@ class Service:
 
     def start_worker(self, name: str, **env: str) -> subprocess.Popen:
         """A Celery worker; ``env`` adds to or overrides the shared environment for this process alone."""
-        return self._start(name, [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool=solo",
-                                  "--concurrency=1", "--prefetch-multiplier=1", "--loglevel=INFO", "-n",
-                                  f"{name}@%h", "--without-gossip", "--without-mingle"], env)
+        return self._start(name, worker_command(name), env)
 
     @staticmethod
     def stop_process(process: subprocess.Popen) -> None:

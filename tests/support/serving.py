@@ -13,8 +13,8 @@ from pathlib import Path
 
 import httpx
 
-from store import jobs as store
 from store.db import make_engine, session_factory, transaction
+from store.keys import create_api_key
 
 from .databases import fresh_postgres, fresh_redis
 from .migrations import migrate
@@ -35,7 +35,7 @@ def served_api(database: str, root: Path, worker: bool = False,
         migrate(url)
         engine = make_engine(url)
         with transaction(session_factory(engine)) as session:
-            keys = {tenant: store.create_api_key(session, "test", tenant)[1] for tenant in TENANTS}
+            keys = {tenant: create_api_key(session, "test", tenant)[1] for tenant in TENANTS}
         engine.dispose()
         service = Service({"RLPRUNE_DATABASE_URL": url, "RLPRUNE_BROKER_URL": fresh_redis(),
                            "RLPRUNE_DATA_DIR": str(root / "data"),

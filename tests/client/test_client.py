@@ -1,0 +1,208 @@
+"""The Python client and ``rlprune jobs``, against a real ``rlprune serve`` (API and worker processes)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+
+import httpx
+import pytest
+
+from api.app import create_app
+from rlprune_client import FINISHED, ApiError, Client, Job
+from store.models import FINISHED as SERVER_FINISHED
+from store.settings import Settings
+
+from ..support.jobs import all_events
+from ..support.paths import REPO
+from ..support.serving import start_serve, stop_serve
+from ..support.specs import tiny_spec
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def serve(tmp_path_factory):
+    process, http = start_serve(tmp_path_factory.mktemp("client") / "data")
+    try:
+        yield str(http.base_url), http.headers["Authorization"].removeprefix("Bearer "), http
+    finally:
+        assert stop_serve(process) == 0
+
+
+def rlprune(*args: str, key: str | None, url: str, cwd=REPO) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("RLPRUNE_API_KEY", "RLPRUNE_URL")}
+    env |= {"RLPRUNE_URL": url, **({"RLPRUNE_API_KEY": key} if key else {})}
+    return subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_the_client_needs_neither_torch_nor_the_server():
+    code = ("import sys, rlprune_client, rlprune_client.cli; "
+            "print(sorted({'torch', 'fastapi', 'sqlalchemy', 'celery'} & set(sys.modules)))")
+    loaded = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"
+
+
+def test_the_client_s_models_are_the_api_s_schemas(tmp_path):
+    schemas = create_app(Settings(data_dir=tmp_path)).openapi()["components"]["schemas"]
+    for model, schema in ((Job, "JobOut"),):
+        assert set(model.model_fields) == set(schemas[schema]["properties"])
+    assert {str(s) for s in SERVER_FINISHED} == FINISHED
+
+
+def test_submit_wait_and_download_from_the_command_line(serve, tmp_path):
+    url, key, _ = serve
+    spec = tmp_path / "spec.yaml"
+    tiny = tiny_spec(pretrain={"epochs": 1}, export={"formats": ["safetensors", "onnx"]})
+    spec.write_text(json.dumps(tiny.model_dump(mode="json")))
+    submitted = rlprune("jobs", "submit", str(spec), "--wait", key=key, url=url)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.splitlines()[0]
+    assert "finetuned" in submitted.stdout and "accuracy" in submitted.stdout  # the summary table
+
+    downloaded = rlprune("jobs", "download", job_id, "--out", str(tmp_path / "out"), key=key, url=url)
+    assert downloaded.returncode == 0, downloaded.stderr
+    with Client(url, key) as client:
+        artifacts = client.artifacts(job_id)
+    assert sorted(p.rsplit("/", 1)[1] for p in downloaded.stdout.split()) == sorted(a.name for a in artifacts)
+    for artifact in artifacts:
+        assert hashlib.sha256((tmp_path / "out" / artifact.name).read_bytes()).hexdigest() == artifact.sha256
+
+    listed = rlprune("jobs", "list", "--status", "succeeded", key=key, url=url)
+    assert listed.returncode == 0 and job_id[:8] in listed.stdout
+    shown = rlprune("jobs", "show", job_id, key=key, url=url)
+    assert json.loads(shown.stdout)["status"] == "succeeded"
+
+
+def test_the_command_line_fails_with_one_readable_line(serve, tmp_path):
+    url, key, _ = serve
+    missing = rlprune("jobs", "show", "00000000-0000-0000-0000-000000000000", key=key, url=url)
+    assert missing.returncode == 1 and missing.stderr.strip() == "rlprune: error: 404 Not Found: no such job"
+    invalid = tmp_path / "invalid.json"
+    invalid.write_text(json.dumps({"name": "x", "model": {"arch": "no-such-net"}, "dataset": {"name": "digits"}}))
+    refused = rlprune("jobs", "submit", str(invalid), key=key, url=url)
+    assert refused.returncode == 1 and "model.arch" in refused.stderr and len(refused.stderr.splitlines()) == 1
+    unreadable = rlprune("jobs", "submit", str(tmp_path / "absent.json"), key=key, url=url)
+    assert unreadable.returncode == 2 and len(unreadable.stderr.splitlines()) == 1
+    keyless = rlprune("jobs", "list", key=None, url=url)
+    assert keyless.returncode == 2 and "RLPRUNE_API_KEY" in keyless.stderr
+    wrong = rlprune("jobs", "list", key="not-a-key", url=url)
+    assert wrong.returncode == 1 and wrong.stderr.startswith("rlprune: error: 401")
+    down = rlprune("jobs", "list", key=key, url="http://127.0.0.1:9")
+    assert down.returncode == 1 and "Unreachable" in down.stderr
+
+
+def test_the_client_follows_a_job_and_resumes_downloads(serve, tmp_path):
+    url, key, http = serve
+    spec = tiny_spec(pretrain={"epochs": 1}).model_dump(mode="json")
+    with Client(url, key) as client:
+        job = client.submit(spec, idempotency_key="client-test")
+        assert client.submit(spec, idempotency_key="client-test").id == job.id
+        seen = []
+        done = client.wait(job.id, on_event=seen.append)
+        assert done.status == "succeeded" and done.finished
+        assert [e.id for e in seen] == [e["id"] for e in all_events(http, job.id)]
+        assert [e.id for e in client.events(job.id, after=seen[2].id)] == [e.id for e in seen[3:]]
+        assert job.id in [j.id for j in client.list("succeeded", page_size=1)]  # follows the cursor pages
+
+        model = next(a for a in client.artifacts(job.id) if a.name == "model.safetensors")
+        whole = http.get(f"/jobs/{job.id}/artifacts/{model.name}").content
+        (tmp_path / "model.safetensors.part").write_bytes(whole[: model.bytes // 2])  # an interrupted download
+        [path] = client.download(job.id, model.name, tmp_path)
+        assert path.read_bytes() == whole and not (tmp_path / "model.safetensors.part").exists()
+
+        (tmp_path / "bad").mkdir()
+        (tmp_path / "bad" / "model.safetensors.part").write_bytes(b"x" * (model.bytes // 2))  # not its first half
+        with pytest.raises(ApiError, match="SHA-256"):
+            client.download(job.id, model.name, tmp_path / "bad")
+        assert not (tmp_path / "bad" / "model.safetensors.part").exists()
+
+        with pytest.raises(ApiError) as refused:
+            client.submit({**spec, "model": {"arch": "vgg11", "width": 7}})
+        assert refused.value.status == 422 and refused.value.problem["errors"][0]["field"] == "model.width"
+        with pytest.raises(ApiError) as finished:
+            client.cancel(job.id)
+        assert finished.value.status == 409
+        client.delete(job.id)
+        with pytest.raises(ApiError) as gone:
+            client.get(job.id)
+        assert gone.value.status == 404 and gone.value.problem["title"] == "Not Found"
+
+
+EVENT_END = re.compile(rb"\r?\n\r?\n")  # a blank line ends a server-sent event
+
+
+class CuttingProxy:
+    """A loopback TCP proxy to the API that cuts the first event stream right after its first event, as a
+    dropped connection would; every other connection is passed through whole."""
+
+    def __init__(self, upstream: str):
+        self.upstream = httpx.URL(upstream)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.streams = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        upstream = socket.create_connection((self.upstream.host, self.upstream.port))
+
+        def forward_requests() -> None:
+            with contextlib.suppress(OSError):
+                while chunk := client.recv(65536):
+                    upstream.sendall(chunk)
+
+        threading.Thread(target=forward_requests, daemon=True).start()
+        seen, counted = b"", False
+        with client, upstream, contextlib.suppress(OSError):
+            while chunk := upstream.recv(65536):
+                sent, seen = len(seen), seen + chunk
+                event_end = EVENT_END.search(seen, seen.find(b"data:")) if b"data:" in seen else None
+                if not counted and b"text/event-stream" in seen and event_end:
+                    counted, self.streams = True, self.streams + 1
+                    if self.streams == 1:  # up to the end of the first event, then the line goes dead
+                        client.sendall(seen[sent:event_end.end()])
+                        client.shutdown(socket.SHUT_RDWR)  # close() alone would wait for the reading thread
+                        upstream.shutdown(socket.SHUT_RDWR)
+                        return
+                client.sendall(chunk)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_dropped_event_stream_resumes_without_losing_or_repeating_events(serve):
+    url, key, http = serve
+    with Client(url, key) as client:
+        job = client.submit(tiny_spec(pretrain={"epochs": 1}).model_dump(mode="json"))
+        done = client.wait(job.id)
+    assert done.finished
+    proxy = CuttingProxy(url)
+    try:
+        with Client(proxy.url, key) as through_proxy:
+            ids = [event.id for event in through_proxy.events(job.id)]
+    finally:
+        proxy.close()
+    assert proxy.streams >= 2, "the stream should have been cut and opened again"
+    assert ids == [e["id"] for e in all_events(http, job.id)]
+
+
+def test_an_unreachable_api_is_an_api_error():
+    with Client("http://127.0.0.1:9", "key", timeout=2) as client, pytest.raises(ApiError) as error:
+        client.get("00000000-0000-0000-0000-000000000000")
+    assert error.value.status is None and isinstance(error.value.__cause__, httpx.TransportError)

@@ -1,0 +1,46 @@
+"""The model zoo: every architecture builds, counts its MACs and params, and takes the data's shapes."""
+
+import pytest
+import torch
+
+from rlprune_core.metrics import count_macs, count_params
+from rlprune_core.models import ARCHS, TORCHVISION_ARCHS, ModelConfig, build_model
+
+
+def test_vgg16_has_the_published_size():
+    model = build_model(ModelConfig("vgg16", num_classes=10, in_channels=3))
+    assert round(count_params(model) / 1e6, 1) == 14.7
+    assert round(count_macs(model, (3, 32, 32)) / 1e6) == 313
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_arch_classifies_any_channel_count(arch):
+    width = 1.0 if arch in TORCHVISION_ARCHS else 0.25  # torchvision's models come at their own width
+    model = build_model(ModelConfig(arch, num_classes=7, in_channels=1, width=width)).eval()
+    assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 7)
+
+
+def test_width_scales_channels():
+    narrow = build_model(ModelConfig("vgg11", 10, 3, width=0.5))
+    wide = build_model(ModelConfig("vgg11", 10, 3, width=1.0))
+    assert narrow.features[0].out_channels * 2 == wide.features[0].out_channels == 64
+
+
+def test_resnet_depths():
+    convs = lambda m: sum(isinstance(x, torch.nn.Conv2d) for x in m.modules())  # noqa: E731
+    # 1 stem + 2 per block + 2 projection shortcuts
+    assert convs(build_model(ModelConfig("resnet20", 10, 3))) == 1 + 2 * 9 + 2
+    assert convs(build_model(ModelConfig("resnet56", 10, 3))) == 1 + 2 * 27 + 2
+
+
+def test_torchvision_models_keep_torchvision_state_names():
+    import torchvision
+
+    ours = build_model(ModelConfig("resnet18", num_classes=10, in_channels=3)).state_dict()
+    theirs = torchvision.models.resnet18(num_classes=10).state_dict()
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}
+
+
+def test_torchvision_models_take_no_width():
+    with pytest.raises(ValueError, match=r"width must be 1\.0"):
+        build_model(ModelConfig("mobilenet_v2", num_classes=10, in_channels=3, width=0.5))
