@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio.to_thread
+from anyio import CapacityLimiter
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from fastapi_standalone_docs import StandaloneDocs
@@ -21,10 +22,12 @@ from . import problems
 from .auth import AuthMiddleware, KeyCache, document_security
 from .limits import BodyLimitMiddleware
 from .metrics import LatencyMiddleware, Metrics
+from .options import OptionsMiddleware
 from .reads import Reader
 from .routes import health, jobs, ui, uploads, webhooks
 from .services import Services
-from .streams import StreamSlots
+from .slots import TenantSlots
+from .uploads.checking import Checker
 from .uploads.scratch import sweep
 
 MULTIPART_SLACK_BYTES = 64 << 10
@@ -38,7 +41,11 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     the GIL: the pool size caps the threads too, and the other requests wait their turn on the loop."""
     services: Services = app.state.services
     anyio.to_thread.current_default_thread_limiter().total_tokens = services.settings.db_pool_size
-    swept = await anyio.to_thread.run_sync(sweep, services.settings.resolved_upload_dir)
+    try:
+        swept = await anyio.to_thread.run_sync(sweep, services.settings.resolved_upload_dir, services.sessions)
+    except Exception as exc:  # the job store is away: the next start sweeps; requests get their own 503s
+        swept = await anyio.to_thread.run_sync(sweep, services.settings.resolved_upload_dir)
+        log.warning("left the uploads' reservations and orphans for the next start: %s", type(exc).__name__)
     if swept:
         log.info("removed %d unfinished uploads that a stopped API process left behind", swept)
     if services.bucket is not None:
@@ -46,6 +53,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     services.reader.start()
     gc.freeze()  # the objects of start-up live as long as the process: keep full collections off them
     yield
+    services.checker.close()
     await services.reader.close()
     services.engine.dispose()
 
@@ -65,9 +73,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     reader = Reader(engine, make_async_engine(settings.resolved_database_url, pool_size=settings.db_pool_size,
                                               pool_timeout=settings.db_pool_timeout_seconds),
                     settings.job_cache_entries, settings.job_cache_seconds, metrics.job_reads)
-    app.state.services = Services(settings=settings, engine=engine, sessions=sessions,
-                                  bucket=Bucket.from_settings(settings), queue=queue, reader=reader,
-                                  streams=StreamSlots(settings.max_streams_per_tenant), metrics=metrics)
+    app.state.services = Services(
+        settings=settings, engine=engine, sessions=sessions, bucket=Bucket.from_settings(settings), queue=queue,
+        reader=reader, streams=TenantSlots(settings.max_streams_per_tenant, "open event streams"),
+        uploads=TenantSlots(settings.max_uploads_per_tenant, "uploads in progress"),
+        checker=Checker(settings.upload_check_processes, settings.upload_check_memory_bytes,
+                        settings.max_image_pixels),
+        upload_threads=CapacityLimiter(settings.upload_threads), metrics=metrics)
     problems.install(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
@@ -84,7 +96,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     upload_body = settings.max_upload_bytes + MULTIPART_SLACK_BYTES
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
                        larger={"/datasets": upload_body, "/checkpoints": upload_body})
-    app.add_middleware(AuthMiddleware, keys=KeyCache(sessions))
+    app.add_middleware(AuthMiddleware, keys=KeyCache(sessions), threads=CapacityLimiter(settings.key_threads))
+    app.add_middleware(OptionsMiddleware)
     app.add_middleware(problems.UnexpectedErrorMiddleware)
     app.add_middleware(LatencyMiddleware, metrics=metrics)
     return app

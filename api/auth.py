@@ -10,11 +10,13 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections import OrderedDict
 from typing import Annotated
 
+import anyio.to_thread
+from anyio import CapacityLimiter
 from fastapi import Depends, FastAPI, Request
 from sqlalchemy.orm import Session, sessionmaker
-from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from store.keys import KEY_PREFIX, hash_key, tenant_for_key
@@ -37,18 +39,22 @@ def is_public(path: str) -> bool:
 
 
 class KeyCache:
-    """key hash -> (tenant or None, when the entry expires); bounded, so random keys cannot grow it."""
+    """key hash -> (tenant or None, when the entry expires); bounded, least recently used out first, so a
+    flood of random keys can neither grow it nor push the keys in use out of it."""
 
     def __init__(self, sessions: sessionmaker[Session]):
         self.sessions = sessions
-        self.entries: dict[str, tuple[str | None, float]] = {}
+        self.entries: OrderedDict[str, tuple[str | None, float]] = OrderedDict()
         self.lock = threading.Lock()
 
     def cached(self, key: str) -> tuple[bool, str | None]:
         """(found, tenant) from memory alone: cheap enough to ask on the event loop."""
-        hit = self.entries.get(hash_key(key))
-        if hit is not None and hit[1] > time.monotonic():
-            return True, hit[0]
+        digest = hash_key(key)
+        with self.lock:
+            hit = self.entries.get(digest)
+            if hit is not None and hit[1] > time.monotonic():
+                self.entries.move_to_end(digest)
+                return True, hit[0]
         return False, None
 
     def lookup(self, key: str) -> str | None:
@@ -58,9 +64,10 @@ class KeyCache:
         with self.sessions() as session:
             tenant = tenant_for_key(session, key)
         with self.lock:
-            if len(self.entries) >= CACHE_ENTRIES:
-                self.entries.clear()
             self.entries[digest] = (tenant, now + CACHE_SECONDS)
+            self.entries.move_to_end(digest)
+            while len(self.entries) > CACHE_ENTRIES:
+                self.entries.popitem(last=False)
         return tenant
 
 
@@ -76,8 +83,8 @@ def bearer_key(scope: Scope) -> str | None:
 class AuthMiddleware:
     """Every route but the public ones needs a live key; the caller's tenant goes into ``request.state``."""
 
-    def __init__(self, app: ASGIApp, keys: KeyCache):
-        self.app, self.keys = app, keys
+    def __init__(self, app: ASGIApp, keys: KeyCache, threads: CapacityLimiter):
+        self.app, self.keys, self.threads = app, keys, threads
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or is_public(scope["path"]) or scope["method"] == "OPTIONS":
@@ -89,8 +96,8 @@ class AuthMiddleware:
                                                             headers=CHALLENGE))
             return
         found, tenant = self.keys.cached(key) if KEY_FORMAT.fullmatch(key) else (True, None)
-        if not found:
-            tenant = await run_in_threadpool(self.keys.lookup, key)
+        if not found:  # on threads of its own: a burst of slow requests must not hold up who they are
+            tenant = await anyio.to_thread.run_sync(self.keys.lookup, key, limiter=self.threads)
         if tenant is None:
             await send_problem(send, scope["path"], Problem(
                 401, "the API key was not accepted: it is unknown or has been revoked", headers=CHALLENGE))

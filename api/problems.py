@@ -65,6 +65,15 @@ def problem_response(request: Request, problem: Problem) -> JSONResponse:
     return JSONResponse(body, status_code=problem.status, headers=problem.headers, media_type=MEDIA_TYPE)
 
 
+async def _json_position(request: Request, error: dict) -> str:
+    """``invalid JSON at line 3, column 25: Expecting ...``, from the character offset FastAPI reports."""
+    offset = error["loc"][-1] if isinstance(error["loc"][-1], int) else 0
+    text = (await request.body()).decode("utf-8", errors="replace")[:offset]
+    line, column = text.count("\n") + 1, offset - (text.rfind("\n") + 1) + 1
+    reason = str((error.get("ctx") or {}).get("error", "")) or "not valid JSON"
+    return f"invalid JSON at line {line}, column {column}: {reason}"
+
+
 def invalid(field: str, message: str) -> Problem:
     return Problem(422, f"{field}: {message}", errors=[{"field": field, "message": message}])
 
@@ -77,6 +86,9 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = field_errors(exc.errors(), whole="body")
+        for error, raw in zip(errors, exc.errors(), strict=True):
+            if raw["type"] == "json_invalid":  # its location is a character offset, not a field
+                error["field"], error["message"] = "body", await _json_position(request, raw)
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
         return problem_response(request, Problem(422, detail, errors=errors))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
+from anyio import CapacityLimiter
 from celery import Celery
 from fastapi import Depends, Request
 from sqlalchemy import Engine
@@ -19,7 +20,8 @@ from store.settings import Settings
 
 from .metrics import Metrics
 from .reads import Reader
-from .streams import StreamSlots
+from .slots import TenantSlots
+from .uploads.checking import Checker
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,10 @@ class Services:
     bucket: Bucket | None  # object storage, where the service keeps files in a bucket
     queue: Celery  # the client that sends jobs to the workers
     reader: Reader  # cached, non-blocking reads of one job (GET /jobs/{id})
-    streams: StreamSlots  # open event streams per tenant
+    streams: TenantSlots  # open event streams per tenant
+    uploads: TenantSlots  # uploads in progress per tenant
+    checker: Checker  # the processes that decode uploaded images and parse checkpoint headers
+    upload_threads: CapacityLimiter  # the uploads' own threads (extraction, keeping), apart from the request pool
     metrics: Metrics
 
 

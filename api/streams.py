@@ -1,10 +1,8 @@
-"""Server-sent event streams of a job's events, and the per-tenant cap on open streams."""
+"""Server-sent event streams of a job's events."""
 
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections import Counter
 from collections.abc import AsyncIterator
 
 from fastapi import Request
@@ -14,32 +12,13 @@ from starlette.concurrency import run_in_threadpool
 from store import jobs
 from store.models import FINISHED
 
-from .problems import Problem
 from .schemas import EventOut
+from .slots import TenantSlots
 
 POLL_SECONDS = 0.5
 
 
-class StreamSlots:
-    """Open event streams per tenant in this process: a cap, so one tenant cannot hold every connection."""
-
-    def __init__(self, per_tenant: int):
-        self.per_tenant, self.open, self.lock = per_tenant, Counter[str](), threading.Lock()
-
-    def acquire(self, tenant: str) -> None:
-        """Take a slot, or refuse with 429 before the stream starts."""
-        with self.lock:
-            if self.open[tenant] >= self.per_tenant:
-                raise Problem(429, f"at most {self.per_tenant} open event streams per tenant",
-                              headers={"Retry-After": "5"})
-            self.open[tenant] += 1
-
-    def release(self, tenant: str) -> None:
-        with self.lock:
-            self.open[tenant] -= 1
-
-
-async def event_stream(request: Request, sessions: sessionmaker[Session], slots: StreamSlots, tenant: str,
+async def event_stream(request: Request, sessions: sessionmaker[Session], slots: TenantSlots, tenant: str,
                        job_id: str, after: int) -> AsyncIterator[dict[str, str]]:
     """The job's events after ``after``, as they come, until it finishes; the caller took a slot, released
     here. Polls with a short-lived session each time, so an open stream holds no database connection."""

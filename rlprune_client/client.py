@@ -112,8 +112,8 @@ class Client:
     def download(self, job_id: str, name_or_all: str, dest: str | Path) -> list[Path]:
         """Download one artifact by name, or ``"all"``, into the folder ``dest``; returns the files.
 
-        Each file is written to ``<name>.part`` first; an interrupted download resumes from what that
-        holds (HTTP Range), and the file takes its name only once its SHA-256 matches the API's."""
+        Each file is written to a hidden ``.<name>.<digest>.part`` first; an interrupted download resumes from
+        what that holds (HTTP Range), and the file takes its name only once its SHA-256 matches the API's."""
         listed = self.artifacts(job_id)
         chosen = listed if name_or_all == "all" else [a for a in listed if a.name == name_or_all]
         if not chosen:
@@ -123,8 +123,14 @@ class Client:
         return [self._download(job_id, artifact, folder) for artifact in chosen]
 
     def _download(self, job_id: str, artifact: Artifact, folder: Path) -> Path:
-        target = folder / Path(artifact.name).name  # names are the API's, but never a path out of dest
-        partial = target.with_name(target.name + ".part")
+        name = artifact.name
+        # the names are the API's, but none may lead out of dest or onto dest itself
+        if name in ("", ".", "..") or Path(name).name != name or "\\" in name:
+            raise ApiError(None, {"title": "Unsafe artifact name", "detail":
+                                  f"the API listed an artifact named {name!r}; not downloaded"})
+        target = folder / name
+        # partial files are named by what they hold: another job's interrupted download is never resumed here
+        partial = folder / f".{name}.{artifact.sha256[:16]}.part"
         have = partial.stat().st_size if partial.exists() else 0
         if have > artifact.bytes:
             partial.unlink()

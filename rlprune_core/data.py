@@ -32,6 +32,7 @@ from .footprint import (
     dataset_bytes,
     loaded_bytes,
 )
+from .images import SUFFIXES, limit_pixels, open_image
 from .locations import Locations
 from .spec import DatasetSpec
 
@@ -254,21 +255,21 @@ IMAGEFOLDER_LAYOUT = "dataset.root: an imagefolder dataset needs train/<class>/<
 
 def _list_images(root: Path, split: str) -> tuple[list[str], list[tuple[str, int]]]:
     """Class names and (path, class index) of every image under ``root/split``."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+    from torchvision.datasets.folder import find_classes, make_dataset
 
     try:
         classes, class_to_idx = find_classes(root / split)
-        return classes, make_dataset(root / split, class_to_idx, extensions=IMG_EXTENSIONS)
+        return classes, make_dataset(root / split, class_to_idx, extensions=SUFFIXES)
     except OSError as exc:  # torchvision's own message names the folder and lists its class folders
         raise DataError(f"{IMAGEFOLDER_LAYOUT}, with at least one image in every class folder") from exc
 
 
 def _imagefolder(spec: DatasetSpec, seed: int, locations: Locations) -> _Raw:
     from PIL import Image
-    from torchvision.datasets.folder import default_loader
     from torchvision.transforms.functional import pil_to_tensor, resize
 
     root, size = locations.dataset_root, spec.image_size
+    limit_pixels()
     (classes, train), (test_classes, test) = _list_images(root, "train"), _list_images(root, "test")
     if classes != test_classes:
         raise DataError("dataset.root: train/ and test/ must hold the same class folders")
@@ -282,8 +283,9 @@ def _imagefolder(spec: DatasetSpec, seed: int, locations: Locations) -> _Raw:
         out = torch.empty(len(samples), IMAGEFOLDER_CHANNELS, size, size)
         for i, (path, _) in enumerate(samples):
             try:
-                image = pil_to_tensor(default_loader(path))
-            except (OSError, ValueError, Image.DecompressionBombError) as exc:
+                with open_image(Path(path)) as opened:
+                    image = pil_to_tensor(opened.convert("RGB"))
+            except (OSError, ValueError, KeyError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
                 raise DataError(f"dataset.root: {Path(path).relative_to(root)} is not an image that can be "
                                 f"decoded") from exc
             sizes.add(tuple(image.shape[-2:]))

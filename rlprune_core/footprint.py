@@ -1,18 +1,28 @@
-"""How much memory loading a dataset takes, worked out from the spec alone.
+"""How much memory a job takes, worked out from the spec alone: its dataset, and training its model.
 
 A service checks this before it accepts or starts a job, so a spec cannot make a worker allocate more than
-the machine has (``synthetic`` at ``image_size`` 512 needs about 32 GB). It imports neither torch nor
-anything heavy, so the API can use it; :func:`rlprune_core.data.load_dataset` applies the same figures
-before it allocates anything.
+the machine has (``synthetic`` at ``image_size`` 512 needs about 32 GB to load; a VGG-16 at width 4 on
+128-pixel images at batch 1,437 asks for 24 GB in its first layer alone). It imports neither torch nor
+anything heavy, so the API can use it; :func:`rlprune_core.data.load_dataset` applies the same dataset
+figures before it allocates anything.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import get_args
 
 from .errors import ResourceLimitError
-from .spec import DatasetSpec
+from .spec import DatasetSpec, JobSpec, TorchvisionArch
+
+SIZES = Path(__file__).with_name("models") / "sizes.json"  # written by rlprune_core.models.sizes
+# Training keeps the weights, their gradients and the optimizer's momentum; finetuning adds the teacher's
+# weights, and the search a masked copy: five copies of the parameters at most.
+PARAMETER_COPIES = 5
 
 FLOAT_BYTES = 4  # images are held as float32
 CHUNK_BYTES = 16 * 2**20  # images are converted, resized and normalised this many bytes at a time
@@ -70,3 +80,34 @@ def check_dataset_bytes(needed: int, limit: int | None, what: str) -> None:
             f"dataset.image_size: {what} would take about {math.ceil(needed / 1e6):,} MB of memory to load, "
             f"over the limit of {limit // 10**6:,} MB here; use a smaller dataset.image_size"
         )
+
+
+@dataclass(frozen=True)
+class TrainingFootprint:
+    """Peak memory of training the job's model, in bytes: its parameters' copies and the activations autograd
+    keeps for the largest batch at the image size (a lower bound of what a framework allocates)."""
+
+    parameters: int
+    activations: int
+
+    @property
+    def total(self) -> int:
+        return self.parameters + self.activations
+
+
+@cache
+def _sizes() -> dict[str, dict[str, float]]:
+    return json.loads(SIZES.read_text())
+
+
+def training_bytes(spec: JobSpec) -> TrainingFootprint | None:
+    """What training ``spec``'s model needs; None for an architecture the size table does not know."""
+    sizes = _sizes().get(spec.model.arch)
+    if sizes is None:
+        return None
+    # The built-in CIFAR models scale every layer's channels by the width: params by its square.
+    width = 1.0 if spec.model.arch in get_args(TorchvisionArch) else spec.model.width
+    batch = max(spec.pretrain.batch_size if spec.pretrain.epochs else 0, spec.finetune.batch_size)
+    pixels = spec.dataset.image_size**2
+    activations = batch * pixels * sizes["activations_per_pixel"] * width * FLOAT_BYTES
+    return TrainingFootprint(int(PARAMETER_COPIES * sizes["params"] * width**2 * FLOAT_BYTES), int(activations))

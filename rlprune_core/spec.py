@@ -278,6 +278,9 @@ class JobSpec(_Strict):
     export: ExportSpec = ExportSpec()
     baselines: list[BaselineName] = Field(default_factory=list)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    time_limit_seconds: Annotated[int, Field(ge=1, le=10_000_000)] | None = Field(
+        default=None, description="the job fails with time_limit once it has run this long; default: the "
+        "service's maximum (none for a local run)")
 
     @model_validator(mode="before")
     @classmethod

@@ -42,6 +42,10 @@ class TooManyJobs(Exception):
     """The tenant already has as many unfinished jobs as the service allows (HTTP 429)."""
 
 
+class ArtifactsFull(Exception):
+    """The tenant's finished jobs already hold as many artifact bytes as the service allows (HTTP 507)."""
+
+
 # -- jobs -------------------------------------------------------------------------------------------
 def spec_hash(spec: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
@@ -55,12 +59,13 @@ def _idempotent(session: Session, tenant: str, key: str, digest: str) -> Job | N
 
 
 def create_job(sessions: sessionmaker[Session], tenant: str, spec: dict[str, Any], idempotency_key: str | None,
-               max_unfinished: int | None = None,
-               check: Callable[[Session], object] | None = None) -> tuple[Job, bool]:
+               max_unfinished: int | None = None, check: Callable[[Session], object] | None = None,
+               artifact_quota: int | None = None) -> tuple[Job, bool]:
     """A new queued job, or the one an earlier request with the same Idempotency-Key created.
 
-    Returns (job, created), committed. The same key with a different spec is an :class:`IdempotencyMismatch`; a tenant
-    at its cap of unfinished jobs gets :class:`TooManyJobs`. Two requests racing with one key both end
+    Returns (job, created), committed. The same key with a different spec is an :class:`IdempotencyMismatch`; a
+    tenant at its cap of unfinished jobs gets :class:`TooManyJobs`, one whose artifacts fill its quota
+    :class:`ArtifactsFull`. Two requests racing with one key both end
     with the one job: the loser's insert hits the unique constraint, and it then reads the winner's row.
     The transaction first takes the tenant's lock (:func:`store.uploads.lock_tenant`), so the cap holds
     under racing submissions and a job naming an upload never lands beside that upload's deletion.
@@ -75,6 +80,9 @@ def create_job(sessions: sessionmaker[Session], tenant: str, spec: dict[str, Any
                 return earlier, False
             if max_unfinished is not None and unfinished_count(session, tenant) >= max_unfinished:
                 raise TooManyJobs(f"a tenant may have {max_unfinished} queued or running jobs at once")
+            if artifact_quota is not None and (stored := artifact_bytes(session, tenant)) >= artifact_quota:
+                raise ArtifactsFull(f"your finished jobs hold {stored:,} bytes of artifacts, your quota is "
+                                    f"{artifact_quota:,}; delete some jobs first")
             if check is not None:
                 check(session)
             job = Job(tenant=tenant, name=spec.get("name", "rlprune-job"), spec=spec, idempotency_key=idempotency_key,
@@ -91,6 +99,12 @@ def create_job(sessions: sessionmaker[Session], tenant: str, spec: dict[str, Any
         if earlier is None:
             raise
         return earlier, False
+
+
+def artifact_bytes(session: Session, tenant: str) -> int:
+    """The bytes of every artifact of the tenant's jobs (what its artifact quota counts)."""
+    return session.scalar(select(func.coalesce(func.sum(Artifact.bytes), 0)).join(Job).where(
+        Job.tenant == tenant)) or 0
 
 
 def unfinished_count(session: Session, tenant: str) -> int:
@@ -192,10 +206,16 @@ def transition(session: Session, job_id: str, where: list[Any], event: JobEventT
 
 
 def delete_job(session: Session, tenant: str, job_id: str) -> bool | None:
-    """Delete a finished job (events and artifacts cascade). None: no such job; False: not finished."""
+    """Delete a finished job (events and artifacts cascade). None: no such job; False: not finished, or an
+    unfinished job of the tenant starts from one of its artifacts (``model.checkpoint: job:<id>/...``).
+    Under the tenant's lock, like accepting a job, so a job naming this one never lands beside its deletion."""
     job = get_job(session, tenant, job_id)
     if job is None:
         return None
+    lock_tenant(session, tenant)
+    unfinished = session.scalars(select(Job.spec).where(Job.tenant == tenant, Job.status.not_in(FINISHED)))
+    if any(str((spec.get("model") or {}).get("checkpoint") or "").startswith(f"job:{job_id}/") for spec in unfinished):
+        return False
     done = session.execute(delete(Job).where(Job.id == job_id, Job.status.in_(FINISHED)))
     return done.rowcount == 1
 

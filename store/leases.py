@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import and_, delete, func, select, update
@@ -36,6 +36,7 @@ class Claimed:
     tenant: str
     spec: dict[str, Any]
     attempts: int
+    started_at: datetime  # of the first attempt: a job's time limit counts from it
 
 
 def claim(session: Session, job_id: str, owner: str, lease_seconds: float) -> Claimed | None:
@@ -47,8 +48,8 @@ def claim(session: Session, job_id: str, owner: str, lease_seconds: float) -> Cl
         attempts=Job.attempts + 1, started_at=func.coalesce(Job.started_at, now), version=Job.version + 1))
     if done.rowcount != 1:
         return None
-    row = session.execute(select(Job.tenant, Job.spec, Job.attempts).where(Job.id == job_id)).one()
-    return Claimed(row.tenant, row.spec, row.attempts)
+    row = session.execute(select(Job.tenant, Job.spec, Job.attempts, Job.started_at).where(Job.id == job_id)).one()
+    return Claimed(row.tenant, row.spec, row.attempts, row.started_at)
 
 
 def _held(job_id: str, owner: str):

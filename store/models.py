@@ -48,6 +48,7 @@ class ServiceErrorCode(StrEnum):
     INTERNAL_ERROR = "internal_error"  # a bug: the worker log has the traceback
     WORKER_LOST = "worker_lost"  # every attempt's worker stopped renewing its lease
     STORAGE_UNAVAILABLE = "storage_unavailable"  # the job's files could not be written or published
+    TIME_LIMIT = "time_limit"  # the job ran past its time_limit_seconds (or the service's maximum)
 
 
 def utcnow() -> datetime:
@@ -233,4 +234,18 @@ class Upload(Base):
     bytes: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     meta: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class UploadReservation(Base):
+    """Bytes an upload in progress has written (its body, then its extracted files), counted against the
+    tenant's quota beside its stored uploads until the upload is kept or refused. Its id is the upload's,
+    which names its scratch folder too: a reservation whose folder is gone belongs to a dead request."""
+
+    __tablename__ = "upload_reservations"
+    __table_args__ = (Index("ix_upload_reservations_tenant", "tenant"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(200))
+    bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,6 +1,7 @@
-"""Which webhook receivers the service will call: http or https URLs whose host resolves only to globally
-routable addresses (unless the operator allows private ones), checked when an endpoint is registered and
-again before every attempt, because a name that resolved to a public address yesterday may not today."""
+"""Which webhook receivers the service will call: http or https URLs on a web port whose host resolves only
+to globally routable addresses (unless the operator allows private ones, for development: then any port),
+checked when an endpoint is registered and again before every attempt, because a name that resolved to a
+public address yesterday may not today."""
 
 from __future__ import annotations
 
@@ -11,6 +12,12 @@ from urllib.parse import SplitResult, urlsplit
 MAX_URL_CHARS = 2000
 # NAT64's well-known prefix carries an IPv4 address in its last 32 bits (RFC 6052).
 NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+# Not globally routable, whatever the ipaddress tables of this Python say: IETF protocol assignments,
+# deprecated site-local IPv6, the 2023 IPv6 documentation prefix, local-use NAT64, SRv6 SIDs.
+REFUSED = [ipaddress.ip_network(n) for n in ("192.0.0.0/24", "fec0::/10", "3fff::/20", "64:ff9b:1::/48",
+                                             "5f00::/16", "2001:db8::/32")]
+# The ports a public receiver may listen on: a tenant must not probe any port of any host from the workers.
+PORTS = (80, 443, 8080, 8443)
 
 
 class BadUrl(ValueError):
@@ -49,7 +56,8 @@ def is_refused(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     if isinstance(address, ipaddress.IPv6Address) and any(is_refused(v4) for v4 in _embedded_ipv4(address)):
         return True
     return (address.is_loopback or address.is_link_local or address.is_private or address.is_multicast
-            or address.is_reserved or address.is_unspecified or not address.is_global)
+            or address.is_reserved or address.is_unspecified or not address.is_global
+            or any(address in network for network in REFUSED if network.version == address.version))
 
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -60,6 +68,8 @@ def check_receiver(url: str, allow_private: bool) -> tuple[SplitResult, list[Add
     Every address must pass, since the connection could use any of them."""
     parts = parse_url(url)
     port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+    if not allow_private and port not in PORTS:
+        raise BadUrl(f"the port must be one of {', '.join(map(str, PORTS))}")
     try:
         infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError) as exc:

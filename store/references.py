@@ -1,8 +1,10 @@
 """What a spec sent to the API may name instead of a server path, and where each name leads.
 
 - ``dataset.root``: the name of a dataset folder the operator provides under ``RLPRUNE_DATASET_DIR``
-  (one path segment, e.g. ``cifar10``); it must still lie inside that folder once symlinks are resolved.
-  For ``imagefolder`` it may also be ``upload:<id>``, one of the caller's dataset uploads.
+  (one path segment, e.g. ``cifar10``); it must exist and still lie inside that folder once symlinks are
+  resolved. For ``imagefolder`` it may also be ``upload:<id>``, one of the caller's dataset uploads.
+  ``dataset.download: true`` is refused unless the operator allows downloads
+  (``RLPRUNE_DATASET_DOWNLOADS``), and then fetches CIFAR into the operator's cache, whatever the root.
 - ``model.checkpoint``: ``job:<id>/<artifact>.safetensors``, an artifact of the caller's own succeeded job,
   or ``upload:<id>``, one of the caller's checkpoint uploads.
 
@@ -25,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from . import jobs, uploads
 from .models import Job, Upload
+from .settings import Settings
 
 DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 JOB_ARTIFACT = re.compile(r"job:(?P<job>[0-9a-f-]{36})/(?P<name>[A-Za-z0-9._-]{1,200}\.safetensors)")
@@ -32,11 +35,11 @@ ROOTED_DATASETS = ("cifar10", "cifar100", "imagefolder")  # the others are gener
 
 
 class BadReference(ValueError):
-    """A spec field that names something the caller may not use; ``field`` is its dotted path."""
+    """Spec fields that name something the caller may not use: ``problems`` holds (dotted path, message)."""
 
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field, self.message = field, message
+    def __init__(self, field: str, message: str, *more: tuple[str, str]):
+        self.problems = [(field, message), *more]
+        super().__init__("; ".join(f"{f}: {m}" for f, m in self.problems))
 
 
 @dataclass(frozen=True)
@@ -56,12 +59,22 @@ def _upload(session: Session, tenant: str, upload_dir: Path, kind: str, field: s
     return uploads.files_of(upload_dir, tenant, kind, upload_id)
 
 
-def dataset_root(session: Session, tenant: str, dataset_dir: Path, upload_dir: Path, spec: dict[str, Any]) -> Path:
+def dataset_root(session: Session, tenant: str, dataset_dir: Path, upload_dir: Path, spec: dict[str, Any],
+                 downloads: Path | None = None) -> Path:
+    """The folder the job reads its dataset from. A tenant names a dataset the operator provides (it must
+    exist: a tenant never creates folders here), one of its uploads, or, where the operator lets the service
+    download (``downloads``, an operator-named cache), asks for CIFAR to be downloaded there."""
     root = str(spec["dataset"]["root"])
-    if spec["dataset"]["name"] not in ROOTED_DATASETS:
+    name = spec["dataset"]["name"]
+    if name not in ROOTED_DATASETS:
         return dataset_dir  # never read
+    if spec["dataset"].get("download"):
+        if downloads is None or name == "imagefolder":
+            raise BadReference("dataset.download", "this service does not download datasets; name one it provides "
+                                                   "in dataset.root, or upload your own")
+        return downloads / name
     if root.startswith("upload:"):
-        if spec["dataset"]["name"] != "imagefolder":
+        if name != "imagefolder":
             raise BadReference("dataset.root", "an upload can be the root of an imagefolder dataset only")
         return _upload(session, tenant, upload_dir, uploads.DATASET, "dataset.root", root)
     if not DATASET_NAME.fullmatch(root) or root in (".", ".."):
@@ -69,7 +82,7 @@ def dataset_root(session: Session, tenant: str, dataset_dir: Path, upload_dir: P
                                               "digits, '.', '_', '-'), not a path")
     base = dataset_dir.resolve()
     path = (base / root).resolve()
-    if path.parent != base:
+    if path.parent != base or not path.is_dir():
         raise BadReference("dataset.root", "names no dataset this service provides")
     return path
 
@@ -91,12 +104,26 @@ def checkpoint(session: Session, tenant: str, upload_dir: Path, spec: dict[str, 
     return artifact.path
 
 
-def resolve(session: Session, tenant: str, dataset_dir: Path, upload_dir: Path, spec: dict[str, Any]) -> Resolved:
-    """Check every reference in ``spec`` (a validated spec as JSON) for ``tenant``; raises
-    :class:`BadReference` naming the first bad field. ``upload_dir`` is where tenants' uploads live.
-    Accepting a job runs it inside :func:`store.jobs.create_job`, under the tenant's upload lock."""
-    return Resolved(dataset_root(session, tenant, dataset_dir, upload_dir, spec),
-                    checkpoint(session, tenant, upload_dir, spec), uploads.upload_id(spec["dataset"].get("root")),
+def resolve(session: Session, tenant: str, spec: dict[str, Any], settings: Settings) -> Resolved:
+    """Check every reference in ``spec`` (a validated spec as JSON) for ``tenant`` against the folders the
+    settings name; raises one :class:`BadReference` naming every bad field. Accepting a job runs it inside
+    :func:`store.jobs.create_job`, under the tenant's upload lock."""
+    upload_dir = settings.resolved_upload_dir
+    problems: list[tuple[str, str]] = []
+
+    def checked(check, *args):
+        try:
+            return check(*args)
+        except BadReference as exc:
+            problems.extend(exc.problems)
+            return None
+
+    root = checked(dataset_root, session, tenant, settings.resolved_dataset_dir, upload_dir, spec,
+                   settings.downloads_dir)
+    weights = checked(checkpoint, session, tenant, upload_dir, spec)
+    if problems:
+        raise BadReference(*problems[0], *problems[1:])
+    return Resolved(root, weights, uploads.upload_id(spec["dataset"].get("root")),
                     uploads.upload_id(spec["model"].get("checkpoint")))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -49,6 +50,15 @@ class Settings(BaseSettings):
     max_samples_per_step: int = Field(256, ge=2, description="prune.samples_per_step")
     max_latency_batch_size: int = Field(256, ge=1, description="prune.budget.target.batch_size")
     max_event_rows: int = Field(5000, ge=100, description="per job; progress events past it are not stored")
+    dataset_downloads: bool = Field(False, description="let a spec's dataset.download fetch CIFAR into "
+                                    "data_dir/cache/downloads (shared by every tenant); false: refused with 422")
+    worker_memory_bytes: int = Field(default_factory=lambda: physical_memory(), ge=1,
+                                     description="what one job may take on a worker: its dataset and its model's "
+                                     "training (422 beyond); default: this machine's memory")
+    max_job_seconds: int = Field(48 * 3600, ge=1, description="the longest a job may run (its time_limit_seconds "
+                                 "defaults to this and may not exceed it); past it, the job fails with time_limit")
+    artifact_quota_bytes: int = Field(50 << 30, ge=1, description="stored artifact bytes per tenant, over its "
+                                      "finished jobs; a tenant past it cannot submit (507) until it deletes some")
 
     # Uploads (POST /datasets, /checkpoints). The archive caps are the zip and tar bomb defence: they count
     # the bytes actually written while extracting, never the sizes an archive declares.
@@ -56,7 +66,20 @@ class Settings(BaseSettings):
     max_extracted_bytes: int = Field(4 << 30, ge=1, description="a dataset archive's files once extracted (413)")
     max_archive_files: int = Field(100_000, ge=1, description="members of one dataset archive (422 beyond)")
     max_archive_member_bytes: int = Field(64 << 20, ge=1, description="one file of a dataset archive (413)")
-    upload_quota_bytes: int = Field(10 << 30, ge=1, description="stored upload bytes per tenant (507 beyond)")
+    upload_quota_bytes: int = Field(10 << 30, ge=1, description="stored upload bytes per tenant (507 beyond), "
+                                    "counted while an upload is written")
+    max_uploads_per_tenant: int = Field(2, ge=1, description="uploads in progress per tenant and API process (429)")
+    upload_threads: int = Field(4, ge=1, description="threads per API process that extract and keep uploads, apart "
+                                "from the request threads")
+    upload_check_processes: int = Field(2, ge=1, description="processes per API process that decode uploaded "
+                                        "images and parse checkpoint headers")
+    upload_check_memory_bytes: int = Field(2 << 30, ge=64 << 20, description="address space of each of those "
+                                           "processes: a check that needs more refuses its upload")
+    max_image_pixels: int = Field(50_000_000, ge=1, description="pixels of one uploaded image (422 beyond)")
+    max_archive_pixels: int = Field(4_000_000_000, ge=1, description="pixels of all a dataset archive's images "
+                                    "(413 beyond)")
+    key_threads: int = Field(4, ge=1, description="threads per API process that look API keys up (apart from the "
+                             "request threads)")
 
     # Workers.
     worker_stale_seconds: float = Field(30.0, gt=0, description="/readyz needs a worker beat this recent")
@@ -67,7 +90,11 @@ class Settings(BaseSettings):
     # a service whose receivers live beside it): otherwise a tenant could make workers call internal hosts.
     max_webhooks_per_tenant: int = Field(20, ge=1, description="webhook endpoints per tenant (429 beyond)")
     webhook_allow_private: bool = Field(False, description="allow receivers on loopback/private/reserved addresses")
-    webhook_timeout_seconds: float = Field(5.0, gt=0, description="one delivery attempt's time limit")
+    webhook_timeout_seconds: float = Field(5.0, gt=0, description="one delivery attempt's wall-clock time limit, "
+                                           "however slowly its receiver answers")
+    webhook_senders: int = Field(4, ge=1, description="messages each worker sends at once")
+    webhook_senders_per_tenant: int = Field(1, ge=1, description="one tenant's messages being sent at once, over "
+                                            "all workers: a tenant's slow receiver cannot hold up the others")
     webhook_max_attempts: int = Field(5, ge=1, description="attempts per message before it is recorded failed")
     webhook_backoff_seconds: float = Field(1.0, gt=0, description="first retry delay; doubled each time, plus jitter")
     webhook_poll_seconds: float = Field(1.0, gt=0, description="how often each worker looks for messages to send")
@@ -104,9 +131,22 @@ class Settings(BaseSettings):
         return self.data_dir / "cache"
 
     @property
+    def downloads_dir(self) -> Path | None:
+        """Where CIFAR is downloaded when a spec asks, if the operator allows it; named by the operator."""
+        return self.cache_dir / "downloads" if self.dataset_downloads else None
+
+    @property
     def objects_cache_dir(self) -> Path:
         """This worker's copies of other jobs' artifacts from the bucket."""
         return self.cache_dir / "objects"
+
+
+def physical_memory() -> int:
+    """The machine's memory in bytes (POSIX); 16 GiB where the system does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 16 << 30
 
 
 @lru_cache

@@ -4,25 +4,27 @@ Files live at a path computed from the tenant and the upload's id (``<upload_dir
 or ``.../checkpoints/<id>.safetensors``): the API writes there and the worker reads there, and no row or
 spec ever carries a path.
 
-The quota is enforced by a conditional insert: the row goes in only if the tenant's stored bytes plus the new
-upload's stay within the quota, checked by the same statement. SQLite runs one writer at a time, so the
-statement is atomic there; on PostgreSQL two such inserts could each read the sum before the other commits,
-so :func:`lock_tenant` serialises them first. Deleting an upload and accepting a job that names it take the
-same lock, so exactly one of them wins.
+The quota counts the tenant's stored uploads and the bytes its uploads in progress have written so far
+(:func:`reserve`, called as the body arrives and as an archive is extracted, a step at a time): an upload is
+refused as soon as the next step would not fit, never after it has written gigabytes. Keeping an upload
+turns its reservation into its row (:func:`create_upload`); refusing it drops the reservation. Every check
+runs under :func:`lock_tenant`, which serialises the tenant's quota changes on PostgreSQL (SQLite runs one
+writer at a time anyway). Deleting an upload and accepting a job that names it take the same lock, so
+exactly one of them wins.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, false, func, insert, literal, select, update
+from sqlalchemy import delete, false, func, select, update
 from sqlalchemy.orm import Session
 
-from .models import FINISHED, ID, Job, Upload, new_id, utcnow
+from .models import FINISHED, ID, Job, Upload, UploadReservation, new_id, utcnow
 
 DATASET, CHECKPOINT = "dataset", "checkpoint"
 FOLDERS = {DATASET: "datasets", CHECKPOINT: "checkpoints"}  # per tenant, on disk and in a bucket
@@ -73,8 +75,42 @@ def upload_id(reference: object) -> str | None:
     return match["id"] if match else None
 
 
-def used_bytes(session: Session, tenant: str) -> int:
-    return session.scalar(select(func.coalesce(func.sum(Upload.bytes), 0)).where(Upload.tenant == tenant)) or 0
+def used_bytes(session: Session, tenant: str, *, but: str | None = None) -> int:
+    """The tenant's stored uploads and the reservations of its uploads in progress (but ``but``'s)."""
+    stored = session.scalar(select(func.coalesce(func.sum(Upload.bytes), 0)).where(Upload.tenant == tenant)) or 0
+    pending = select(func.coalesce(func.sum(UploadReservation.bytes), 0)).where(UploadReservation.tenant == tenant)
+    if but is not None:
+        pending = pending.where(UploadReservation.id != but)
+    return stored + (session.scalar(pending) or 0)
+
+
+def reserve(session: Session, tenant: str, upload_id: str, more: int, quota: int) -> bool:
+    """Add ``more`` bytes (negative: give some back) to the upload's reservation if the tenant stays within
+    ``quota``; False, changing nothing, if it would not."""
+    lock_tenant(session, tenant)
+    held = session.get(UploadReservation, upload_id)
+    if more > 0 and used_bytes(session, tenant) + more > quota:
+        return False
+    if held is None:
+        session.add(UploadReservation(id=upload_id, tenant=tenant, bytes=max(0, more)))
+    else:
+        held.bytes = max(0, held.bytes + more)
+    return True
+
+
+def release(session: Session, upload_ids: Iterable[str]) -> None:
+    """Drop reservations: of a refused upload, or of requests that died (their scratch folders are gone)."""
+    session.execute(delete(UploadReservation).where(UploadReservation.id.in_(list(upload_ids))))
+
+
+def reservations(session: Session) -> list[str]:
+    return list(session.scalars(select(UploadReservation.id)))
+
+
+def existing(session: Session, upload_ids: Iterable[str]) -> set[str]:
+    """Which of these ids are stored uploads."""
+    wanted = list(upload_ids)
+    return set(session.scalars(select(Upload.id).where(Upload.id.in_(wanted)))) if wanted else set()
 
 
 def lock_tenant(session: Session, tenant: str) -> None:
@@ -95,20 +131,19 @@ def lock_tenant(session: Session, tenant: str) -> None:
 
 def create_upload(session: Session, tenant: str, kind: str, size: int, sha256: str, meta: dict[str, Any],
                   quota: int, upload_id: str | None = None) -> Upload:
-    """Insert the row if the tenant's uploads, this one included, fit in ``quota``; else :class:`OverQuota`.
-    The caller commits, after moving the files into place (a failed move rolls the row back)."""
+    """Insert the row, in place of its reservation, if the tenant's uploads, this one included, fit in
+    ``quota``; else :class:`OverQuota`. The caller commits, after moving the files into place (a failed move
+    rolls the row back)."""
     lock_tenant(session, tenant)
-    table = Upload.__table__
-    values = {"id": upload_id or new_id(), "tenant": tenant, "kind": kind, "bytes": size, "sha256": sha256,
-              "meta": meta, "created_at": utcnow()}
-    used = select(func.coalesce(func.sum(Upload.bytes), 0)).where(Upload.tenant == tenant).scalar_subquery()
-    row = select(*(literal(v, type_=table.c[k].type).label(k) for k, v in values.items())).where(used + size <= quota)
-    session.execute(insert(table).from_select(list(values), row))
-    upload = session.get(Upload, values["id"])
-    if upload is None:
-        taken = used_bytes(session, tenant)
+    upload_id = upload_id or new_id()
+    taken = used_bytes(session, tenant, but=upload_id)
+    if taken + size > quota:
         raise OverQuota(f"this upload takes {size:,} bytes and your uploads already take {taken:,} of your "
                         f"{quota:,}-byte quota; delete some first")
+    release(session, [upload_id])
+    upload = Upload(id=upload_id, tenant=tenant, kind=kind, bytes=size, sha256=sha256, meta=meta, created_at=utcnow())
+    session.add(upload)
+    session.flush()
     return upload
 
 

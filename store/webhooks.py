@@ -119,13 +119,22 @@ def _due(now: datetime):
                 or_(WebhookMessage.lease_expires_at.is_(None), WebhookMessage.lease_expires_at < now))
 
 
-def claim_due(session: Session, owner: str, timeout_seconds: float) -> Claim | None:
-    """Take the message that has waited longest, for one attempt. On PostgreSQL ``SKIP LOCKED`` lets
-    workers pass over each other's candidates; the conditional update (on the attempt count too) is what
-    makes a claim exclusive on every database. None: nothing is due, or another worker won the race."""
+def claim_due(session: Session, owner: str, timeout_seconds: float, per_tenant: int | None = None) -> Claim | None:
+    """Take the message that has waited longest, for one attempt, of a tenant with fewer than ``per_tenant``
+    messages being sent now. On PostgreSQL ``SKIP LOCKED`` lets workers pass over each other's candidates;
+    the conditional update (on the attempt count too) is what makes a claim exclusive on every database. The
+    tenant cap is read, not locked: two senders claiming at the same instant may each take one. None: nothing
+    is due, or another worker won the race."""
     now = utcnow()
-    candidate = session.execute(select(WebhookMessage.id, WebhookMessage.attempts).where(_due(now)).order_by(
-        WebhookMessage.next_attempt_at).limit(1).with_for_update(skip_locked=True)).first()
+    query = select(WebhookMessage.id, WebhookMessage.attempts).where(_due(now))
+    if per_tenant is not None:
+        busy = select(WebhookEndpoint.tenant).join(WebhookMessage, WebhookMessage.endpoint_id == WebhookEndpoint.id) \
+            .where(WebhookMessage.lease_owner.is_not(None), WebhookMessage.lease_expires_at >= now) \
+            .group_by(WebhookEndpoint.tenant).having(func.count() >= per_tenant)
+        query = query.join(WebhookEndpoint, WebhookEndpoint.id == WebhookMessage.endpoint_id).where(
+            WebhookEndpoint.tenant.not_in(busy))
+    candidate = session.execute(query.order_by(WebhookMessage.next_attempt_at).limit(1).with_for_update(
+        skip_locked=True, of=WebhookMessage)).first()
     if candidate is None:
         return None
     message_id, attempts = candidate

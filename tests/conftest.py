@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 
@@ -44,6 +45,22 @@ def _tell_schemathesis_operations_apart(items: list[pytest.Item]) -> None:
         label = getattr(item, "operation_label", None)
         if label is not None and item.id.params is None:
             item._id = item.id.with_params(label)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """What tests measured with ``record_property`` (the hostile-load tests' latencies, codes and sizes), at
+    the end of the output; also written as JSON to ``RLPRUNE_MEASURED_OUT`` when it is set."""
+    measured = {f"{report.nodeid.split('::')[-1]} / {name}": value
+                for outcome in ("passed", "failed") for report in terminalreporter.stats.get(outcome, [])
+                if report.when == "call" for name, value in report.user_properties}
+    if not measured:
+        return
+    terminalreporter.section("measured")
+    for name, value in measured.items():
+        terminalreporter.write_line(f"{name}: {json.dumps(value)}")
+    if os.environ.get("RLPRUNE_MEASURED_OUT"):
+        with open(os.environ["RLPRUNE_MEASURED_OUT"], "w") as out:
+            json.dump(measured, out, indent=1)
 
 
 @pytest.fixture(autouse=True)

@@ -78,6 +78,9 @@ class JobRunner:
         self.workdir = settings.job_dir(job_id)
         self.cancelled = threading.Event()
         self.lost = threading.Event()
+        self.timed_out = threading.Event()
+        self.deadline = float("inf")  # time.time() past which the job has run out of its time limit
+        self.time_limit = 0
         self.finished = threading.Event()
         self.buffer: list[BufferedEvent] = []
         self.stage: str | None = None
@@ -119,6 +122,9 @@ class JobRunner:
             if claimed is None:
                 return None
             self.event_budget = self.settings.max_event_rows - jobs.event_count(session, self.job_id)
+            self.time_limit = min(claimed.spec.get("time_limit_seconds") or self.settings.max_job_seconds,
+                                  self.settings.max_job_seconds)
+            self.deadline = claimed.started_at.timestamp() + self.time_limit
             log.info("job %s: attempt %d as %s", self.job_id, claimed.attempts, self.owner)
             return claimed.tenant, claimed.spec
 
@@ -165,7 +171,9 @@ class JobRunner:
                     raise
             else:
                 self._note(status)
-        return self.cancelled.is_set() or self.lost.is_set() or SHUTTING_DOWN.is_set()
+        if time.time() > self.deadline:
+            self.timed_out.set()
+        return self.cancelled.is_set() or self.lost.is_set() or self.timed_out.is_set() or SHUTTING_DOWN.is_set()
 
     def _on_event(self, event: Any) -> None:
         if event.type in ALWAYS_WRITTEN or self.event_budget > 0:
@@ -211,13 +219,12 @@ class JobRunner:
 
             spec = JobSpec.model_validate(spec_data)
             with self.sessions() as session:
-                resolved = references.resolve(session, tenant, self.settings.resolved_dataset_dir,
-                                              self.settings.resolved_upload_dir, spec_data)
+                resolved = references.resolve(session, tenant, spec_data, self.settings)
             if self.bucket:
                 resolved = inputs.fetch(self.settings, self.bucket, tenant, resolved)
             checkpoint = Path(resolved.checkpoint) if resolved.checkpoint else None
             locations = Locations(dataset_root=resolved.dataset_root, checkpoint=checkpoint,
-                                  allow_download=spec.dataset.download,
+                                  allow_download=spec.dataset.download and self.settings.dataset_downloads,
                                   max_dataset_bytes=self.settings.max_dataset_bytes,
                                   cache_dir=self.settings.cache_dir)
             report = run_pipeline(spec, self.workdir, self._on_event, self._should_stop, locations=locations)
@@ -227,6 +234,9 @@ class JobRunner:
             if self.lost.is_set():
                 log.warning("job %s: lease lost; another worker will carry on", self.job_id)
                 return "lease lost"
+            if self.timed_out.is_set() and not self.cancelled.is_set():
+                return self._fail(ServiceErrorCode.TIME_LIMIT, "the job ran past its time limit of "
+                                  f"{self.time_limit} s (time_limit_seconds) and was stopped")
             if SHUTTING_DOWN.is_set() and not self.cancelled.is_set():
                 return self._release()
             return self._finish(JobStatus.CANCELLED, "cancelled while running")

@@ -1,4 +1,10 @@
-"""Each worker's webhook sender: a thread that sends the outbox's due messages (``store.webhooks``).
+"""Each worker's webhook sender: a thread whose event loop sends the outbox's due messages (``store.webhooks``).
+
+Several messages go out at once (``RLPRUNE_WEBHOOK_SENDERS``), one tenant's at most
+``RLPRUNE_WEBHOOK_SENDERS_PER_TENANT`` of them (across all workers, by the leases the outbox holds), and every
+attempt ends by ``RLPRUNE_WEBHOOK_TIMEOUT_SECONDS`` of wall-clock time, however its receiver trickles bytes:
+one sender thread per worker with per-read timeouts only let a receiver that sent a byte every 3 s hold it
+for 51 s, and another tenant's message arrived 46 s late.
 
 Every message is a POST of ``{"type", "timestamp", "data": the job as GET /jobs/{id} shows it}``, signed the
 Standard Webhooks way (``webhook-id``, ``webhook-timestamp``, ``webhook-signature: v1,<HMAC-SHA256>``).
@@ -12,6 +18,7 @@ another host's request), and of a receiver's answer only its status and a short,
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
@@ -67,17 +74,27 @@ def excerpt(raw: bytes) -> str:
     return " ".join(text.split())[:EXCERPT_CHARS]
 
 
-def post(http: httpx.Client, url: str, headers: dict[str, str], body: str, allow_private: bool) -> Outcome:
-    """One attempt, to an address checked just now. Any error is an outcome, never an exception."""
+async def post(http: httpx.AsyncClient, url: str, headers: dict[str, str], body: str, allow_private: bool,
+               deadline_seconds: float) -> Outcome:
+    """One attempt, to an address checked just now, over within ``deadline_seconds`` whatever the receiver
+    does. Any error is an outcome, never an exception."""
     try:
-        parts, addresses = receivers.check_receiver(url, allow_private)
+        parts, addresses = await asyncio.to_thread(receivers.check_receiver, url, allow_private)  # DNS blocks
     except receivers.BadUrl as exc:
         return Outcome(error=str(exc))
     target = httpx.URL(url).copy_with(host=str(addresses[0]))
     request = http.build_request("POST", target, content=body.encode(), headers={**headers, "host": parts.netloc},
                                  extensions={"sni_hostname": parts.hostname})
     try:
-        response = http.send(request, stream=True)
+        async with asyncio.timeout(deadline_seconds):
+            return await _send(http, request)
+    except TimeoutError:
+        return Outcome(error=f"timed out after {deadline_seconds:g} s")
+
+
+async def _send(http: httpx.AsyncClient, request: httpx.Request) -> Outcome:
+    try:
+        response = await http.send(request, stream=True)
     except httpx.TimeoutException:
         return Outcome(error="timed out")
     except httpx.HTTPError as exc:
@@ -87,7 +104,7 @@ def post(http: httpx.Client, url: str, headers: dict[str, str], body: str, allow
             return Outcome(response.status_code)
         raw = b""
         try:
-            for chunk in response.iter_raw():
+            async for chunk in response.aiter_raw():
                 raw += chunk
                 if len(raw) >= EXCERPT_BYTES:
                     break
@@ -96,46 +113,63 @@ def post(http: httpx.Client, url: str, headers: dict[str, str], body: str, allow
         said = excerpt(raw[:EXCERPT_BYTES])
         return Outcome(response.status_code, f"HTTP {response.status_code}" + (f": {said}" if said else ""))
     finally:
-        response.close()
+        await response.aclose()
 
 
-def send_once(sessions: sessionmaker[Session], http: httpx.Client, settings: Settings) -> str | None:
-    """Claim one due message, send it, record the attempt; returns the attempt's status, or None when
-    nothing was due (or the claim was lost)."""
+def _claim(sessions: sessionmaker[Session], settings: Settings) -> webhooks.Claim | None:
     with transaction(sessions) as session:
-        claim = webhooks.claim_due(session, uuid.uuid4().hex, settings.webhook_timeout_seconds)
+        return webhooks.claim_due(session, uuid.uuid4().hex, settings.webhook_timeout_seconds,
+                                  settings.webhook_senders_per_tenant)
+
+
+def _record(sessions: sessionmaker[Session], settings: Settings, claim: webhooks.Claim, body: str | None,
+            outcome: Outcome, final: bool) -> str | None:
+    with transaction(sessions) as session:
+        return webhooks.record_attempt(session, claim, body, outcome.response_status, outcome.error,
+                                       max_attempts=settings.webhook_max_attempts,
+                                       backoff_seconds=settings.webhook_backoff_seconds, final=final)
+
+
+async def send_once(sessions: sessionmaker[Session], http: httpx.AsyncClient, settings: Settings) -> str | None:
+    """Claim one due message, send it, record the attempt; returns the attempt's status, or None when
+    nothing was due for this sender (or the claim was lost)."""
+    claim = await asyncio.to_thread(_claim, sessions, settings)
     if claim is None:
         return None
-    body = render(sessions, claim)
+    body = await asyncio.to_thread(render, sessions, claim)
     if body is None:
         outcome, final = Outcome(error="the job was deleted before its message was sent"), True
     else:
         headers = signed_headers(claim.secret, claim.message_id, body, datetime.now(UTC))
-        outcome, final = post(http, claim.url, headers, body, settings.webhook_allow_private), False
-    with transaction(sessions) as session:
-        status = webhooks.record_attempt(session, claim, body, outcome.response_status, outcome.error,
-                                       max_attempts=settings.webhook_max_attempts,
-                                       backoff_seconds=settings.webhook_backoff_seconds, final=final)
-    if status in (webhooks.RETRYING, webhooks.FAILED):
+        outcome = await post(http, claim.url, headers, body, settings.webhook_allow_private,
+                             settings.webhook_timeout_seconds)
+        final = False
+    status = await asyncio.to_thread(_record, sessions, settings, claim, body, outcome, final)
+    if status in (webhooks.DeliveryStatus.RETRYING, webhooks.DeliveryStatus.FAILED):
         log.info("webhook %s attempt %d: %s (%s)", claim.message_id, claim.attempt, status, outcome.error)
     return status or "lost"
 
 
+async def _sender(sessions: sessionmaker[Session], http: httpx.AsyncClient, settings: Settings) -> None:
+    """Send due messages until none is left for it, then wait ``webhook_poll_seconds``; forever."""
+    while True:
+        try:
+            while await send_once(sessions, http, settings) is not None:
+                pass
+        except Exception as exc:  # a database hiccup must not end the sender; the lease brings the message back
+            log.warning("webhook sending failed: %s", exc)
+        await asyncio.sleep(settings.webhook_poll_seconds)
+
+
+async def _senders(settings: Settings) -> None:
+    sessions = session_factory(make_engine(settings.resolved_database_url, pool_size=settings.webhook_senders))
+    async with httpx.AsyncClient(timeout=settings.webhook_timeout_seconds, follow_redirects=False, trust_env=False,
+                                 limits=httpx.Limits(max_keepalive_connections=0)) as http:
+        await asyncio.gather(*(_sender(sessions, http, settings) for _ in range(settings.webhook_senders)))
+
+
 def start_sender(settings: Settings) -> threading.Thread:
-    """Send due messages until none is left, then wait ``webhook_poll_seconds``; forever."""
-    sessions = session_factory(make_engine(settings.resolved_database_url, pool_size=1))
-    http = httpx.Client(timeout=settings.webhook_timeout_seconds, follow_redirects=False, trust_env=False,
-                        limits=httpx.Limits(max_keepalive_connections=0))
-
-    def loop() -> None:
-        while True:
-            try:
-                while send_once(sessions, http, settings) is not None:
-                    pass
-            except Exception as exc:  # a database hiccup must not end the thread; the lease brings the message back
-                log.warning("webhook sending failed: %s", exc)
-            threading.Event().wait(settings.webhook_poll_seconds)
-
-    thread = threading.Thread(target=loop, name="rlprune-webhooks", daemon=True)
+    """The senders' event loop, on a thread of its own."""
+    thread = threading.Thread(target=asyncio.run, args=(_senders(settings),), name="rlprune-webhooks", daemon=True)
     thread.start()
     return thread

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import logging
 import shutil
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import anyio.from_thread
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import FileResponse
 from sse_starlette import EventSourceResponse
 
-from rlprune_core.footprint import dataset_bytes
-from rlprune_core.spec import JobSpec
+from rlprune_core.footprint import dataset_bytes, training_bytes
+from rlprune_core.spec import CifarArch, JobSpec
 from store import jobs, references
 from store.db import transaction
 from store.models import ID, Job, JobStatus
@@ -35,6 +35,7 @@ from .common import MAX_ID, next_link, owned, responses
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=responses("job"))
 log = logging.getLogger("rlprune.api")
 NOT_FOUND = Problem(404, "no such job")
+CIFAR_ARCHS = get_args(CifarArch)  # the architectures a width multiplier scales
 
 
 def _changed(services: Services, job_id: str) -> None:
@@ -60,15 +61,35 @@ def _check_limits(services: Services, spec: JobSpec) -> None:
                                  settings.max_latency_batch_size)):
         if value > limit:
             raise invalid(field, f"this service allows at most {limit}")
+    if spec.time_limit_seconds is not None and spec.time_limit_seconds > settings.max_job_seconds:
+        raise invalid("time_limit_seconds", f"this service allows at most {settings.max_job_seconds}")
     needed = dataset_bytes(spec.dataset)
     if needed is not None and needed > settings.max_dataset_bytes:
         raise invalid("dataset.image_size", f"the dataset at this size needs {needed / 1e6:.0f} MB of memory; "
                                             f"this service allows {settings.max_dataset_bytes / 1e6:.0f} MB")
+    _check_memory(spec, needed or 0, settings.worker_memory_bytes)
+
+
+def _check_memory(spec: JobSpec, dataset: int, limit: int) -> None:
+    """Refuse a job whose dataset and training do not fit a worker, naming the fields that set its size."""
+    training = training_bytes(spec)
+    if training is None or dataset + training.total <= limit:
+        return
+    batch = "pretrain.batch_size" if spec.pretrain.epochs and spec.pretrain.batch_size >= spec.finetune.batch_size \
+        else "finetune.batch_size"
+    fields = [batch, "dataset.image_size"] if training.activations >= training.parameters else []
+    fields += ["model.width"] if spec.model.arch in CIFAR_ARCHS else []
+    message = (f"the job needs about {(dataset + training.total) / 1e9:,.1f} GB of memory (training "
+               f"{training.total / 1e9:,.1f} GB, of which activations {training.activations / 1e9:,.1f} GB; dataset "
+               f"{dataset / 1e9:,.1f} GB), more than the {limit / 1e9:,.1f} GB a worker has; lower "
+               + " or ".join(fields or ["model.arch"]))
+    raise Problem(422, message, errors=[{"field": field, "message": message} for field in fields or ["model.arch"]])
 
 
 @router.post("", status_code=202, response_model=JobOut, responses={
     413: {"description": "the body is too large", **PROBLEM},
-    429: {"description": "too many unfinished jobs; see Retry-After", **PROBLEM}})
+    429: {"description": "too many unfinished jobs; see Retry-After", **PROBLEM},
+    507: {"description": "your finished jobs' artifacts fill your quota", **PROBLEM}})
 def submit(spec: JobSpec, response: Response, tenant: TenantDep, services: ServicesDep,
            idempotency_key: Annotated[str | None, Header(max_length=200, pattern=r"^[\x21-\x7e]+$")] = None,
            ) -> JobOut:
@@ -77,15 +98,16 @@ def submit(spec: JobSpec, response: Response, tenant: TenantDep, services: Servi
     data = spec.model_dump(mode="json")
     try:
         job, _ = jobs.create_job(services.sessions, tenant, data, idempotency_key, settings.max_unfinished_jobs,
-                                  check=lambda session: references.resolve(
-                                      session, tenant, settings.resolved_dataset_dir, settings.resolved_upload_dir,
-                                      data))
+                                  check=lambda session: references.resolve(session, tenant, data, settings),
+                                  artifact_quota=settings.artifact_quota_bytes)
     except references.BadReference as exc:
-        raise invalid(exc.field, exc.message) from exc
+        raise Problem(422, str(exc), errors=[{"field": f, "message": m} for f, m in exc.problems]) from exc
     except jobs.IdempotencyMismatch as exc:
         raise invalid("Idempotency-Key", str(exc)) from exc
     except jobs.TooManyJobs as exc:
         raise Problem(429, str(exc), headers={"Retry-After": "60"}) from exc
+    except jobs.ArtifactsFull as exc:
+        raise Problem(507, str(exc)) from exc
     if job.status == JobStatus.QUEUED and job.dispatched_at is None and not dispatch_or_discard(
             services.sessions, services.queue, job.id):
         raise unavailable("the job queue is unreachable, so the job was not accepted; retry shortly")
@@ -161,7 +183,8 @@ def delete(job_id: str, tenant: TenantDep, services: ServicesDep) -> Response:
     if deleted is None:
         raise NOT_FOUND
     if not deleted:
-        raise Problem(409, "the job has not finished; cancel it first")
+        raise Problem(409, "the job has not finished (cancel it first), or a queued or running job of yours starts "
+                           "from one of its artifacts")
     shutil.rmtree(services.settings.job_dir(job_id), ignore_errors=True)
     if services.bucket is not None:
         try:

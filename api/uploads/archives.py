@@ -12,24 +12,23 @@ from __future__ import annotations
 import stat
 import tarfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from PIL import Image
+from rlprune_core.images import SUFFIXES as IMAGE_SUFFIXES
 
 SPLITS = ("train", "test", "val")  # val is optional
-# torchvision's IMG_EXTENSIONS (the API does not import torchvision, which loads torch)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 SKIPPED = "__MACOSX"  # macOS archivers' resource forks, like dot files: not extracted
 CHUNK = 1 << 16
-LISTED = 5  # bad images named in one message
+MAX_CLASS_NAME = 100  # characters: class names travel into model.json, reports and API answers
 
 
 class BadUpload(ValueError):
-    """An upload refused for what it holds; ``status`` is 413 for a size cap, else 422."""
+    """An upload refused for what it holds; ``status`` is 413 for a size cap, 507 past the tenant's quota,
+    else 422."""
 
     def __init__(self, message: str, status: int = 422):
         super().__init__(message)
@@ -48,6 +47,11 @@ class Dataset:
     root: Path  # the extracted folder holding train/ and test/
     classes: list[str]
     counts: dict[str, int]
+    images: list[Path]  # every image, for the decoding check
+
+
+# reserve(bytes): count that many more bytes against the tenant's quota, or raise BadUpload(507)
+Reserve = Callable[[int], None]
 
 
 def _shown(name: str) -> str:
@@ -112,8 +116,9 @@ def _relative(name: str) -> PurePosixPath | None:
     return path
 
 
-def _copy(source: IO[bytes], target: Path, name: str, limits: Limits, written: int) -> int:
-    """Copy one member, counting what is actually written against both caps; returns the new total."""
+def _copy(source: IO[bytes], target: Path, name: str, limits: Limits, written: int, reserve: Reserve) -> int:
+    """Copy one member, counting what is actually written against both caps and the tenant's quota (each
+    chunk reserved before it is written); returns the new total."""
     size = 0
     try:
         with target.open("xb") as out:
@@ -125,13 +130,14 @@ def _copy(source: IO[bytes], target: Path, name: str, limits: Limits, written: i
                 if written + size > limits.total_bytes:
                     raise BadUpload(f"the archive is larger than {limits.total_bytes} bytes once "
                                     f"extracted (at member {_shown(name)})", 413)
+                reserve(len(chunk))
                 out.write(chunk)
     except FileExistsError as exc:
         raise BadUpload(f"member {_shown(name)} appears twice") from exc
     return written + size
 
 
-def extract(path: Path, scratch: Path, limits: Limits) -> int:
+def extract(path: Path, scratch: Path, limits: Limits, reserve: Reserve = lambda _bytes: None) -> int:
     """Extract the archive at ``path`` into ``scratch`` (an empty folder); returns the bytes written."""
     written = count = 0
     with _members(path, scratch) as members:
@@ -149,7 +155,7 @@ def extract(path: Path, scratch: Path, limits: Limits) -> int:
                     continue
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with member.opener() as source:
-                    written = _copy(source, target, member.name, limits, written)
+                    written = _copy(source, target, member.name, limits, written, reserve)
             except (NotADirectoryError, FileExistsError, IsADirectoryError) as exc:
                 raise BadUpload(f"member {_shown(member.name)} clashes with another member") from exc
     return written
@@ -163,20 +169,17 @@ def _root(scratch: Path) -> Path:
     return scratch
 
 
-def _undecodable(root: Path, images: list[Path]) -> list[str]:
-    bad = []
-    for image in images:
-        try:
-            with Image.open(image) as opened:
-                opened.load()
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-            bad.append(image.relative_to(root).as_posix())
-    return bad
+def _class_name(split: str, name: str) -> str:
+    """A class folder's name, which becomes a class name: printable text of at most MAX_CLASS_NAME characters."""
+    if len(name) > MAX_CLASS_NAME or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        raise BadUpload(f"the class folder {_shown(f'{split}/{name}')} needs a name of at most {MAX_CLASS_NAME} "
+                        "printable characters")
+    return name
 
 
 def check_layout(scratch: Path) -> Dataset:
-    """train/<class>/… and test/<class>/… (and val/ if present) with the same classes, an image or more
-    in each class, and every image decodable by Pillow."""
+    """train/<class>/… and test/<class>/… (and val/ if present) with the same classes, named in printable
+    text, and an image file or more in each class (decoding them is :mod:`api.uploads.checking`'s job)."""
     root = _root(scratch)
     for entry in root.iterdir():
         if entry.name not in SPLITS or not entry.is_dir():
@@ -193,7 +196,7 @@ def check_layout(scratch: Path) -> Dataset:
         stray = next((e for e in folder.iterdir() if not e.is_dir()), None)
         if stray is not None:
             raise BadUpload(f"{_shown(f'{split}/{stray.name}')} is not inside a class folder")
-        classes[split] = sorted(e.name for e in folder.iterdir())
+        classes[split] = sorted(_class_name(split, e.name) for e in folder.iterdir())
         counts[split] = 0
         for class_folder in sorted(folder.iterdir()):
             files = sorted(p for p in class_folder.rglob("*") if p.is_file())
@@ -208,7 +211,4 @@ def check_layout(scratch: Path) -> Dataset:
     for split in classes:
         if classes[split] != classes["train"]:
             raise BadUpload(f"{split}/ and train/ must hold the same class folders")
-    if bad := _undecodable(root, images):
-        more = f" and {len(bad) - LISTED} more" if len(bad) > LISTED else ""
-        raise BadUpload(f"{len(bad)} image(s) cannot be decoded: {', '.join(map(_shown, bad[:LISTED]))}{more}")
-    return Dataset(root, classes["train"], counts)
+    return Dataset(root, classes["train"], counts, images)

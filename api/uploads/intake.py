@@ -9,6 +9,7 @@ on the way through, and a file over ``max_bytes`` stops the transfer with a 413.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -88,13 +89,16 @@ class _FilePart:
             self.complete = True
 
 
-async def receive(request: Request, out: BinaryIO, max_bytes: int, raw_types: tuple[str, ...]) -> Received:
-    """Stream the upload into ``out``. A raw body must carry one of ``raw_types``; otherwise 415."""
+async def receive(request: Request, out: BinaryIO, max_bytes: int, raw_types: tuple[str, ...],
+                  reserve: Callable[[int], Awaitable[None]]) -> Received:
+    """Stream the upload into ``out``, each chunk counted by ``reserve`` before it is written (it raises to
+    refuse the upload). A raw body must carry one of ``raw_types``; otherwise 415."""
     media_type, options = parse_options_header(request.headers.get("content-type", ""))
     media_type = media_type.decode("latin-1").lower()
     sink = _Sink(out, max_bytes)
     if media_type in raw_types:
         async for chunk in request.stream():
+            await reserve(len(chunk))
             sink.write(chunk)
         return Received(sink.size, sink.digest.hexdigest(), media_type)
     if media_type != "multipart/form-data":
@@ -105,6 +109,7 @@ async def receive(request: Request, out: BinaryIO, max_bytes: int, raw_types: tu
     try:
         parser = MultipartParser(options.get(b"boundary", b""), part.callbacks())
         async for chunk in request.stream():
+            await reserve(len(chunk))  # the whole chunk: the file's part of it is at most that
             parser.write(chunk)
         parser.finalize()
     except (MultipartParseError, ValueError) as exc:

@@ -1,4 +1,5 @@
-"""Scratch folders for uploads in progress, and the sweep of those a dead API process left behind.
+"""Scratch folders for uploads in progress, and the sweep of what a dead API process left behind: its
+scratch folders, their quota reservations, and kept files whose row was never committed.
 
 Each folder lives under ``<upload_dir>/.incoming/`` (the uploads' own file system, so keeping an upload is
 one atomic rename) and holds an ``flock`` on its ``.owner`` file for as long as its request lives. The
@@ -16,6 +17,10 @@ import shutil
 import time
 from pathlib import Path
 
+from sqlalchemy.orm import Session, sessionmaker
+
+from store import uploads
+from store.db import transaction
 from store.uploads import INCOMING
 
 OWNER = ".owner"
@@ -42,8 +47,30 @@ class Scratch:
         os.close(self._owner)
 
 
-def sweep(upload_dir: Path) -> int:
-    """Remove the scratch folders no living process holds; returns how many went."""
+def sweep(upload_dir: Path, sessions: sessionmaker[Session] | None = None) -> int:
+    """Remove the scratch folders no living process holds and, given the store, the reservations of uploads
+    whose scratch folder is gone and the upload folders that have no row; returns how many folders went."""
+    removed = _sweep_scratch(upload_dir)
+    if sessions is None:
+        return removed
+    incoming = upload_dir / INCOMING
+    live = {entry.name for entry in incoming.iterdir()} if incoming.is_dir() else set()
+    kept = list(uploads.stored_files(upload_dir))
+    with transaction(sessions) as session:
+        uploads.release(session, [r for r in uploads.reservations(session) if r not in live])
+        stored = uploads.existing(session, [upload_id for upload_id, _ in kept])
+    for upload_id, path in kept:
+        # the row commits just after the rename (milliseconds): only a folder older than that is an orphan
+        if upload_id not in stored and time.time() - path.stat().st_mtime >= UNCLAIMED_SECONDS:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def _sweep_scratch(upload_dir: Path) -> int:
     removed = 0
     incoming = upload_dir / INCOMING
     entries = list(incoming.iterdir()) if incoming.is_dir() else []

@@ -115,15 +115,17 @@ def test_the_client_follows_a_job_and_resumes_downloads(serve, tmp_path):
 
         model = next(a for a in client.artifacts(job.id) if a.name == "model.safetensors")
         whole = http.get(f"/jobs/{job.id}/artifacts/{model.name}").content
-        (tmp_path / "model.safetensors.part").write_bytes(whole[: model.bytes // 2])  # an interrupted download
+        partial = f".model.safetensors.{model.sha256[:16]}.part"
+        (tmp_path / partial).write_bytes(whole[: model.bytes // 2])  # an interrupted download
+        (tmp_path / ".model.safetensors.0000000000000000.part").write_bytes(b"y" * 9)  # another file's: left alone
         [path] = client.download(job.id, model.name, tmp_path)
-        assert path.read_bytes() == whole and not (tmp_path / "model.safetensors.part").exists()
+        assert path.read_bytes() == whole and not (tmp_path / partial).exists()
 
         (tmp_path / "bad").mkdir()
-        (tmp_path / "bad" / "model.safetensors.part").write_bytes(b"x" * (model.bytes // 2))  # not its first half
+        (tmp_path / "bad" / partial).write_bytes(b"x" * (model.bytes // 2))  # not its first half
         with pytest.raises(ApiError, match="SHA-256"):
             client.download(job.id, model.name, tmp_path / "bad")
-        assert not (tmp_path / "bad" / "model.safetensors.part").exists()
+        assert not (tmp_path / "bad" / partial).exists()
 
         with pytest.raises(ApiError) as refused:
             client.submit({**spec, "model": {"arch": "vgg11", "width": 7}})
@@ -206,3 +208,18 @@ def test_an_unreachable_api_is_an_api_error():
     with Client("http://127.0.0.1:9", "key", timeout=2) as client, pytest.raises(ApiError) as error:
         client.get("00000000-0000-0000-0000-000000000000")
     assert error.value.status is None and isinstance(error.value.__cause__, httpx.TransportError)
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "../evil", "a/b", "a\\b"])
+def test_an_artifact_name_that_could_leave_the_folder_is_never_written(tmp_path, name):
+    """The API lists names; a client writes files. A name that is empty, a dot path or a path is refused."""
+    listing = [{"name": name, "bytes": 1, "sha256": "0" * 64, "media_type": "application/octet-stream"}]
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=listing) if request.url.path.endswith("/artifacts") else \
+            httpx.Response(200, content=b"x")
+
+    client = Client("http://127.0.0.1:9", "rlp_x", transport=httpx.MockTransport(answer))
+    with pytest.raises(ApiError, match=r"Unsafe artifact name|no artifact"):
+        client.download("job", "all", tmp_path / "out")
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []

@@ -81,10 +81,11 @@ def test_the_api_and_migrations_run_from_the_api_image_and_workers_from_the_work
     assert services["api"]["image"] == services["migrate"]["image"] != services["worker"]["image"]
 
 
-def test_env_example_documents_every_setting():
-    example = (REPO / ".env.example").read_text()
+def test_env_example_and_the_operations_guide_document_every_setting():
+    example, guide = (REPO / ".env.example").read_text(), (REPO / "docs" / "operations.md").read_text()
     for name in Settings.model_fields:
         assert f"RLPRUNE_{name.upper()}" in example, name
+        assert f"RLPRUNE_{name.upper()}" in guide, name
     for variable in re.findall(r"\$\{(\w+)", (REPO / "docker-compose.yml").read_text()):
         assert f"{variable}=" in example, variable
 

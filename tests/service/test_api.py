@@ -13,6 +13,7 @@ from alembic import command
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
+import api.auth
 from api.app import create_app
 from store import leases
 from store.db import transaction
@@ -62,6 +63,20 @@ def test_requests_without_a_valid_key_are_refused(service):
     assert client.get("/healthz").status_code == 200
     assert client.get("/readyz").json() == {"status": "ready"}
     assert client.get("/metrics").status_code == 200
+
+
+def test_a_malformed_key_is_refused_without_a_lookup_and_used_keys_outlive_a_flood(service, monkeypatch):
+    app, client, keys = service
+    for key in (b"rlp_" + b"a" * 5000, "rlp_\u00e9t\u00e9".encode(), b"not-a-key"):
+        response = client.get("/jobs", headers={"Authorization": b"Bearer " + key})
+        assert response.status_code == 401 and response.headers["content-type"] == "application/problem+json"
+    monkeypatch.setattr(api.auth, "CACHE_ENTRIES", 8)
+    cache = api.auth.KeyCache(app.state.services.sessions)
+    assert cache.lookup(keys["alice"]) == "alice"
+    for _ in range(40):  # random keys, each looked up once, while alice keeps working
+        assert cache.lookup(f"rlp_{uuid.uuid4().hex}") is None
+        assert cache.cached(keys["alice"]) == (True, "alice")
+    assert len(cache.entries) == 8
 
 
 def test_a_body_is_never_read_before_the_key_is_checked(service):
@@ -167,6 +182,10 @@ def test_a_checkpoint_from_another_tenant_looks_exactly_like_a_missing_one(servi
     assert theirs.status_code == missing.status_code == 422
     assert theirs.json()["errors"] == missing.json()["errors"]
     assert str(tmp_path) not in theirs.text
+    headers = auth(keys["alice"])  # a job its queued successor starts from stays until the successor ends
+    assert client.delete(f"/jobs/{own}", headers=headers).status_code == 409
+    client.post(f"/jobs/{mine.json()['id']}/cancel", headers=headers)
+    assert client.delete(f"/jobs/{own}", headers=headers).status_code == 204
 
 
 def test_a_tenant_has_a_cap_on_unfinished_jobs(service):
@@ -352,6 +371,18 @@ def test_a_database_outage_is_a_503_that_names_no_server(service):
             assert response.headers["content-type"] == "application/problem+json" and "Retry-After" in response.headers
             assert "no_such_database" not in response.text and "127.0.0.1" not in response.text
     broken.state.services.engine.dispose()
+
+
+def test_options_lists_every_method_of_a_path_and_bad_json_names_its_position(service):
+    _, client, keys = service
+    options = client.options("/datasets")
+    assert options.status_code == 204 and options.headers["allow"] == "GET, OPTIONS, POST"
+    assert client.options("/jobs/abc/events").headers["allow"] == "GET, OPTIONS"
+    bad = client.post("/jobs", content=b'{"name": "x",\n "model": }', headers={
+        **auth(keys["alice"]), "Content-Type": "application/json"})
+    assert bad.status_code == 422 and bad.headers["content-type"] == "application/problem+json"
+    [error] = bad.json()["errors"]
+    assert error["field"] == "body" and error["message"].startswith("invalid JSON at line 2, column 11")
 
 
 def test_the_openapi_document_declares_problems():

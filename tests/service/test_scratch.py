@@ -7,7 +7,12 @@ import sys
 import time
 
 from api.uploads.scratch import OWNER, UNCLAIMED_SECONDS, Scratch, sweep
+from store import uploads
+from store.db import make_engine, session_factory, transaction
+from store.models import new_id
 from store.uploads import INCOMING
+
+from ..support.migrations import migrate
 
 HOLD = """
 import fcntl, os, sys, time
@@ -63,3 +68,34 @@ def test_a_folder_left_before_its_lock_existed_goes_once_it_is_old(tmp_path):
 
 def test_nothing_to_sweep(tmp_path):
     assert sweep(tmp_path / "never-created") == 0
+
+
+def test_the_sweep_drops_dead_reservations_and_folders_no_row_names(tmp_path):
+    """A folder renamed into place whose row never committed (the database failed just then) counts against no
+    quota and nothing else removes it; a reservation whose upload's process died holds quota forever."""
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    migrate(url)
+    engine = make_engine(url)
+    sessions = session_factory(engine)
+    uploads_dir = tmp_path / "uploads"
+    kept, orphan, live, dead = (new_id() for _ in range(4))
+    with transaction(sessions) as session:
+        uploads.create_upload(session, "alice", uploads.CHECKPOINT, 4, "0" * 64, {}, 10**6, kept)
+        for reservation in (live, dead):
+            assert uploads.reserve(session, "alice", reservation, 100, 10**6)
+    for upload_id in (kept, orphan):
+        path = uploads.files_of(uploads_dir, "alice", uploads.CHECKPOINT, upload_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"data")
+        past = time.time() - UNCLAIMED_SECONDS - 5
+        os.utime(path, (past, past))
+    living = Scratch(uploads_dir, live)  # a request of this process still receiving it
+    try:
+        assert sweep(uploads_dir, sessions) == 1
+        assert uploads.files_of(uploads_dir, "alice", uploads.CHECKPOINT, kept).exists()
+        assert not uploads.files_of(uploads_dir, "alice", uploads.CHECKPOINT, orphan).exists()
+        with sessions() as session:
+            assert uploads.reservations(session) == [live]
+    finally:
+        living.remove()
+        engine.dispose()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import os
 import stat
 import tarfile
@@ -18,8 +19,11 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import save
 
+from api.uploads.archives import BadUpload
+from api.uploads.checking import MAX_TENSORS, tensor_count
 from api.uploads.scratch import UNCLAIMED_SECONDS
 
 from ..support.databases import fresh_redis
@@ -49,9 +53,11 @@ def service(tmp_path_factory):
     (left / "body").write_bytes(b"half an upload")
     past = time.time() - UNCLAIMED_SECONDS - 5
     os.utime(left, (past, past))
+    (root / "data" / "datasets" / "cifar10").mkdir(parents=True)  # a dataset the operator provides
     with served_api("postgresql", root, worker=True, RLPRUNE_BROKER_URL=fresh_redis(6),
                     RLPRUNE_MAX_UPLOAD_BYTES=str(MAX_UPLOAD), RLPRUNE_MAX_ARCHIVE_MEMBER_BYTES=str(MEMBER_CAP),
                     RLPRUNE_MAX_EXTRACTED_BYTES=str(2 * MEMBER_CAP), RLPRUNE_UPLOAD_QUOTA_BYTES=str(QUOTA),
+                    RLPRUNE_MAX_UPLOADS_PER_TENANT="4",
                     RLPRUNE_PROGRESS_INTERVAL_SECONDS="0.2") as (url, _, keys):
         clients = {tenant: httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60)
                    for tenant, key in keys.items()}
@@ -127,11 +133,20 @@ def test_a_checkpoint_is_accepted_with_its_tensor_count(service, form):
 HEADER = b'{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}'
 
 
+def framed(header: bytes, data: int = 0) -> bytes:
+    """A safetensors file of this header and ``data`` zero bytes."""
+    return len(header).to_bytes(8, "little") + header + bytes(data)
+
+
 @pytest.mark.parametrize(("body", "reason"), [
     (b"\x01", "shorter"), ((10**9).to_bytes(8, "little") + b"{}", "header length"),
     ((4).to_bytes(8, "little") + b"nope", "not JSON"),
     (len(HEADER).to_bytes(8, "little") + HEADER, "cover the data"),  # 16 bytes of data promised, none sent
     (b"\x80\x04\x95" + b"\x00" * 40, "header length"),  # a pickle
+    (framed(b'{"__metadata__":' + b"[" * 100_000 + b"]" * 100_000 + b"}"), "not JSON"),  # 500 before
+    (framed(b'{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},'
+            b'"w":{"dtype":"F32","shape":[4],"data_offsets":[16,32]}}', 32), "twice"),
+    (framed(b'{"w":{"dtype":"F32","shape":[1099511627776,1099511627776,0],"data_offsets":[0,0]}}'), "too large"),
 ])
 def test_a_malformed_checkpoint_is_refused(service, body, reason):
     alice, _, _ = service
@@ -162,6 +177,36 @@ def test_a_bad_archive_is_refused_naming_the_member_and_leaves_nothing(service, 
     before = files_under(uploads)
     refused(post_raw(alice, "/datasets", body, "application/x-tar"), 422, "file:", *words)
     assert files_under(uploads) == before
+
+
+def test_a_checkpoint_of_more_tensors_than_a_model_holds_is_refused(tmp_path):
+    """1.4 M zero-size tensors took 955 MB and 15 s to parse; the count is capped well below that."""
+    names = ",".join(f'"t{i}":{{"dtype":"F32","shape":[0],"data_offsets":[0,0]}}' for i in range(MAX_TENSORS + 1))
+    path = tmp_path / "many.safetensors"
+    path.write_bytes(framed(f"{{{names}}}".encode()))
+    with pytest.raises(BadUpload, match=f"more than {MAX_TENSORS:,} tensors"):
+        tensor_count(str(path))
+
+
+def as_format(image_format: str) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(out, format=image_format)
+    return out.getvalue()
+
+
+def test_an_image_opens_only_as_the_format_its_suffix_names(service):
+    """A .png that holds a TGA, an SGI or a PCX image reached those decoders; now it cannot be decoded."""
+    alice, _, _ = service
+    posing = {f"train/cat/posing{i}.png": as_format(kind) for i, kind in enumerate(("TGA", "SGI", "PCX"))}
+    refused(post_raw(alice, "/datasets", tar({**image_folder(), **posing}), "application/x-tar"), 422,
+            "3 image(s) cannot be decoded", "'train/cat/posing0.png'")
+
+
+@pytest.mark.parametrize("name", ["ca\nt", "dog\x7f", "c" * 200])
+def test_a_class_folder_needs_a_short_printable_name(service, name):
+    alice, _, _ = service
+    body = tar({**image_folder(), f"train/{name}/0.png": png(1), f"test/{name}/0.png": png(2)})
+    refused(post_raw(alice, "/datasets", body, "application/x-tar"), 422, "class folder", "printable")
 
 
 def test_undecodable_images_are_named(service):

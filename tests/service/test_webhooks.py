@@ -7,6 +7,7 @@ Retries use a 0.3 s backoff and a 0.05 s poll so a message's four attempts take 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -251,7 +252,8 @@ def test_endpoints_per_tenant_are_capped(service):
     "http://100.64.0.1/", "http://224.0.0.1/", "http://240.0.0.1/", "http://255.255.255.255/",
     "http://[::1]/", "http://[::]/", "http://[::ffff:127.0.0.1]/", "http://[::ffff:a9fe:a9fe]/", "http://[fe80::1]/",
     "http://[fd12:3456::1]/", "http://[fc00::1]/", "http://[ff02::1]/", "http://[2002:c0a8:101::]/",
-    "http://[64:ff9b::a00:1]/", "https://[2001:db8::1]:8443/",
+    "http://[64:ff9b::a00:1]/", "https://[2001:db8::1]:8443/", "http://[fec0::1]/", "http://192.0.0.8/",
+    "http://[3fff::1]/",
 ])
 def test_private_and_loopback_receivers_are_refused_by_default(url):
     with pytest.raises(receivers.BadUrl, match="loopback, private"):
@@ -264,12 +266,23 @@ def test_public_receivers_pass_the_check():
         assert receivers.check_receiver(url, allow_private=False)[1]
 
 
-def test_the_check_runs_again_before_each_delivery(service):
+def test_a_public_receiver_on_another_port_is_refused():
+    """A receiver is a web server: a public address's other ports (SSH, SMTP, a database) are not."""
+    for url in ("https://8.8.8.8:22/", "http://8.8.8.8:25/", "http://[2606:4700:4700::1111]:5432/"):
+        with pytest.raises(receivers.BadUrl, match="port must be one of"):
+            receivers.check_receiver(url, allow_private=False)
+
+
+def test_the_check_runs_again_before_each_delivery(service, monkeypatch):
     """A receiver that resolves privately by the time of sending (DNS rebinding) gets no request."""
     _, _, receiver = service
-    with httpx.Client(timeout=2) as http:
-        outcome = sender.post(http, f"{receiver.url.replace('127.0.0.1', 'localhost')}/ok/rebound", {}, "{}",
-                              allow_private=False)
+    monkeypatch.setattr(receivers, "PORTS", (*receivers.PORTS, httpx.URL(receiver.url).port))  # as if on 443
+    async def attempt() -> sender.Outcome:
+        async with httpx.AsyncClient(timeout=2) as http:
+            return await sender.post(http, f"{receiver.url.replace('127.0.0.1', 'localhost')}/ok/rebound", {}, "{}",
+                                     allow_private=False, deadline_seconds=2)
+
+    outcome = asyncio.run(attempt())
     assert outcome.response_status is None and "loopback, private" in outcome.error
     assert receiver.at("/ok/rebound") == []
 

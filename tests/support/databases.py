@@ -48,16 +48,17 @@ def fresh_postgres() -> Iterator[str]:
 REDIS_URL = os.environ.get("RLPRUNE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
-# Databases 0 to 4 are nobody's: modules run side by side (pytest-xdist) take them as their shared one.
-_SIDE_BY_SIDE_SHARED = (4, 3, 2, 1, 0)
+# Databases 2 to 4 are nobody's: modules run side by side (pytest-xdist) take them as their shared one (so at
+# most four run side by side); 0 and 1, like 5 to 14, belong to modules that start workers.
+_SIDE_BY_SIDE_SHARED = (4, 3, 2)
 
 
 def fresh_redis(number: int | None = None) -> str:
     """An emptied Redis database for one test module: ``number`` of the test server, or the process's
     shared one: the database RLPRUNE_TEST_REDIS_URL names (15 by default) for pytest alone or its first
     side-by-side process (pytest-xdist's gw0), 4, 3, 2, … for the others, so that one flushing it never
-    empties another's under its feet. Modules that start workers take a number of their own (5 to 14, one
-    each), so messages one leaves behind (jobs no worker took) never reach another module's workers."""
+    empties another's under its feet. Modules that start workers take a number of their own (0, 1 and 5 to
+    14, one each), so messages one leaves behind (jobs no worker took) never reach another module's workers."""
     import redis
 
     if number is None and (side := int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))):

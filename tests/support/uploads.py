@@ -13,7 +13,7 @@ import numpy as np
 from hypothesis import strategies as st
 from PIL import Image
 
-from ..conftest import tiny_spec
+from .specs import tiny_spec
 
 
 def png(seed: int, size: int = 8) -> bytes:
