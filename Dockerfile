@@ -2,7 +2,7 @@
 # torch), as a non-root user. The worker image is Dockerfile.gpu. Both bases are build arguments so a site
 # can build from its own mirror.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
-ARG UV_IMAGE=ghcr.io/astral-sh/uv:0.9
+ARG UV_IMAGE=ghcr.io/astral-sh/uv:0.13.9
 FROM ${UV_IMAGE} AS uv
 
 FROM ${BASE_IMAGE}

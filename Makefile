@@ -1,6 +1,8 @@
 # Two commands do all set-up on a bare machine with Python 3.11+: `make serve` and `make test`.
 # Without uv on the PATH, uv is installed from PyPI into .tools/ on first use; `uv run` then creates
 # .venv from uv.lock and keeps it in sync.
+# uv's version where the project installs it itself: in .tools/, and in the images (ci/image-uv.sh)
+UV_VERSION := 0.13.9
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 # Bytecode is compiled at install: where PYTHONDONTWRITEBYTECODE is set, Python would otherwise compile
 # torch's modules again in every process (6 s instead of 4 s per import here), and the test suite and a
@@ -8,7 +10,7 @@ UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 RUN := $(UV) run --frozen --compile-bytecode
 
 .tools/bin/uv:
-	python3 -m venv .tools && .tools/bin/pip install --quiet uv
+	python3 -m venv .tools && .tools/bin/pip install --quiet uv==$(UV_VERSION)
 
 .PHONY: serve demo test lint compose-smoke
 

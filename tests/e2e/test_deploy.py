@@ -164,6 +164,25 @@ for _tag in ("!reset", "!override"):
         else loader.construct_mapping(node) if isinstance(node, yaml.MappingNode) else loader.construct_scalar(node)))
 
 
+@pytest.mark.parametrize("host_uv", ["shim", "none"])
+def test_the_images_are_built_with_the_projects_own_uv_whatever_the_host_has(tmp_path, host_uv):
+    """An operator's uv is often a shim script (pyenv, asdf, mise) that cannot run inside an image."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    if host_uv == "shim":
+        shim = folder / "uv"
+        shim.write_text('#!/usr/bin/env bash\nexec /nonexistent/libexec/pyenv exec uv "$@"\n')
+        shim.chmod(0o755)
+    tools = ":".join(str(Path(shutil.which(t)).parent) for t in ("make", "python3", "readlink", "od"))
+    assert (shutil.which("uv", path=f"{folder}:{tools}") is None) == (host_uv == "none")
+    found = subprocess.run(["bash", str(REPO / "ci" / "image-uv.sh")], capture_output=True, text=True,
+                           env={"PATH": f"{folder}:{tools}"}, check=True).stdout.strip()
+    assert Path(found) == (REPO / ".tools" / "bin" / "uv").resolve()
+    assert Path(found).read_bytes()[:4] == b"\x7fELF"
+    version = subprocess.run([found, "--version"], capture_output=True, text=True, check=True).stdout
+    assert re.search(r"UV_VERSION := (\S+)", (REPO / "Makefile").read_text())[1] in version
+
+
 def test_the_ci_override_pulls_nothing_and_publishes_only_the_api_on_loopback():
     override = yaml.load((REPO / "docker-compose.ci.yml").read_text(), Loader=_ComposeLoader)["services"]
     assert set(override) <= set(COMPOSE["services"])
