@@ -1,14 +1,12 @@
-"""Response bodies: what clients see of jobs, events and artifacts.
+"""Response bodies: what clients see of jobs, events, artifacts, webhooks and uploads.
 
 The fields are the Python client's models (``rlprune_client.models``), so the two cannot drift apart;
 these subclasses add the constructors from database rows."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Self
 
-from pydantic import BaseModel
 from sqlalchemy import Row
 
 from rlprune_client import models
@@ -48,76 +46,37 @@ class ArtifactOut(models.Artifact):
         return cls(name=artifact.name, bytes=artifact.bytes, sha256=artifact.sha256, media_type=artifact.media_type)
 
 
-class WebhookOut(BaseModel):
-    """An endpoint as listed: never its secret, which only the answer that created it shows."""
-
-    id: str
-    url: str
-    events: list[str]
-    created_at: datetime
-
+class WebhookOut(models.Webhook):
     @classmethod
     def of(cls, endpoint: WebhookEndpoint) -> Self:
         return cls(id=endpoint.id, url=endpoint.url, events=endpoint.events, created_at=endpoint.created_at)
 
 
-class WebhookCreated(WebhookOut):
-    secret: str  # ``whsec_<base64>``; verify each message's webhook-signature with it
-
+class WebhookCreated(models.WebhookCreated):
     @classmethod
     def of(cls, endpoint: WebhookEndpoint) -> Self:
         return cls(**WebhookOut.of(endpoint).model_dump(), secret=endpoint.secret)
 
 
-class DeliveryOut(BaseModel):
-    """One attempt at one message. ``error`` holds a short, printable excerpt of the receiver's answer at most."""
-
-    id: int
-    event: str
-    job_id: str
-    attempt: int
-    status: str  # succeeded | retrying | failed
-    response_status: int | None
-    error: str | None
-    at: datetime
-
+class DeliveryOut(models.Delivery):
     @classmethod
     def of(cls, attempt: WebhookAttempt) -> DeliveryOut:
         return cls(id=attempt.id, event=attempt.event, job_id=attempt.job_id, attempt=attempt.attempt,
                    status=attempt.status, response_status=attempt.response_status, error=attempt.error, at=attempt.at)
 
 
-class DeliveryPage(BaseModel):
+class DeliveryPage(models.DeliveryPage):
     items: list[DeliveryOut]
-    next: str | None
 
 
-class DatasetOut(BaseModel):
-    """An uploaded image-folder dataset. ``bytes`` is its extracted size, what counts against the quota;
-    ``sha256`` is the uploaded archive's."""
-
-    id: str
-    classes: list[str]
-    counts: dict[str, int]  # images per split: train, test, and val when the archive has one
-    bytes: int
-    sha256: str
-    created_at: datetime
-
+class DatasetOut(models.Dataset):
     @classmethod
     def of(cls, upload: Upload) -> Self:
         return cls(id=upload.id, classes=upload.meta["classes"], counts=upload.meta["counts"], bytes=upload.bytes,
                    sha256=upload.sha256, created_at=upload.created_at)
 
 
-class CheckpointOut(BaseModel):
-    """An uploaded safetensors checkpoint; ``tensors`` is the count its header lists."""
-
-    id: str
-    bytes: int
-    sha256: str
-    tensors: int
-    created_at: datetime
-
+class CheckpointOut(models.Checkpoint):
     @classmethod
     def of(cls, upload: Upload) -> Self:
         return cls(id=upload.id, bytes=upload.bytes, sha256=upload.sha256, tensors=upload.meta["tensors"],

@@ -2,6 +2,19 @@
 
 from .client import Client
 from .errors import ApiError
-from .models import FINISHED, Artifact, Event, EventPage, Job, JobPage
+from .models import (
+    FINISHED,
+    Artifact,
+    Checkpoint,
+    Dataset,
+    Delivery,
+    Event,
+    EventPage,
+    Job,
+    JobPage,
+    Webhook,
+    WebhookCreated,
+)
 
-__all__ = ["FINISHED", "ApiError", "Artifact", "Client", "Event", "EventPage", "Job", "JobPage"]
+__all__ = ["FINISHED", "ApiError", "Artifact", "Checkpoint", "Client", "Dataset", "Delivery", "Event", "EventPage",
+           "Job", "JobPage", "Webhook", "WebhookCreated"]

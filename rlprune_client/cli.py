@@ -1,4 +1,4 @@
-"""``rlprune jobs submit|list|show|watch|cancel|download``: the API from a terminal, through :class:`Client`.
+"""``rlprune jobs|datasets|checkpoints|webhooks ...``: the API from a terminal, through :class:`Client`.
 
 The server is ``--url`` or ``RLPRUNE_URL`` (default the ``rlprune serve`` address), the key ``--api-key``
 or ``RLPRUNE_API_KEY``. Exit status: 0 when the command (or the watched job) succeeded, 1 when the API
@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 
 from .client import Client
@@ -31,34 +39,56 @@ class UsageError(Exception):
     """A command line or a spec file that cannot be used (exit status 2)."""
 
 
-def add_jobs_command(commands: argparse._SubParsersAction) -> None:
+def add_client_commands(commands: argparse._SubParsersAction) -> None:
+    """``jobs``, ``datasets``, ``checkpoints`` and ``webhooks``: every command that talks to a running API."""
     connection = argparse.ArgumentParser(add_help=False)
     connection.add_argument("--url", default=os.environ.get("RLPRUNE_URL", DEFAULT_URL),
                             help="the API (default: $RLPRUNE_URL, else %(default)s)")
     connection.add_argument("--api-key", default=os.environ.get("RLPRUNE_API_KEY"),
                             help="an API key (default: $RLPRUNE_API_KEY)")
+
+    def command(group: argparse._SubParsersAction, name: str, action, text: str, *ids: str) -> argparse.ArgumentParser:
+        parser = group.add_parser(name, parents=[connection], help=text)
+        for argument in ids:
+            parser.add_argument(argument)
+        parser.set_defaults(handler=run, action=action)
+        return parser
+
     jobs = commands.add_parser("jobs", help="submit, follow and download jobs of a running rlprune API")
     actions = jobs.add_subparsers(dest="jobs_command", required=True)
-    submit = actions.add_parser("submit", parents=[connection],
-                                help="submit a job spec (a JSON or YAML file, - for stdin)")
-    submit.add_argument("spec")
+    submit = command(actions, "submit", _submit, "submit a job spec (a JSON or YAML file, - for stdin)", "spec")
     submit.add_argument("--wait", action="store_true", help="follow the job to its end, as watch does")
     submit.add_argument("--idempotency-key", help="repeat-safe submission: the same key returns the same job")
-    submit.set_defaults(handler=run, action=_submit)
-    listing = actions.add_parser("list", parents=[connection], help="your jobs, newest first")
+    listing = command(actions, "list", _list, "your jobs, newest first")
     listing.add_argument("--status", help="only jobs in this state")
     listing.add_argument("--limit", type=int, default=20, help="at most this many (default %(default)s)")
-    listing.set_defaults(handler=run, action=_list)
-    for name, handler, text in (("show", _show, "a job as JSON"), ("watch", _watch, "follow a job to its end"),
-                                ("cancel", _cancel, "cancel a queued or running job")):
-        action = actions.add_parser(name, parents=[connection], help=text)
-        action.add_argument("id")
-        action.set_defaults(handler=run, action=handler)
-    download = actions.add_parser("download", parents=[connection], help="download artifacts, verifying SHA-256")
-    download.add_argument("id")
+    command(actions, "show", _show, "a job as JSON", "id")
+    command(actions, "watch", _watch, "follow a job to its end", "id")
+    command(actions, "cancel", _cancel, "cancel a queued or running job", "id")
+    command(actions, "delete", _delete_job, "delete a finished job and its files", "id")
+    download = command(actions, "download", _download, "download artifacts, verifying SHA-256", "id")
     download.add_argument("name", nargs="?", default="all", help="an artifact's name (default: all of them)")
     download.add_argument("--out", type=Path, default=Path("."), help="folder to write to (default: here)")
-    download.set_defaults(handler=run, action=_download)
+
+    for kind, what in (("datasets", "image-folder archives (zip, tar, tar.gz)"),
+                       ("checkpoints", "safetensors state dicts")):
+        group = commands.add_parser(kind, help=f"upload, list and delete your {what}")
+        uploads = group.add_subparsers(dest=f"{kind}_command", required=True)
+        command(uploads, "upload", _upload, "upload a file; prints its id (a spec names it upload:<id>)",
+                "file").set_defaults(kind=kind)
+        command(uploads, "list", _list_uploads, f"your {kind}, oldest first").set_defaults(kind=kind)
+        command(uploads, "delete", _delete_upload, "delete one (refused while a job uses it)",
+                "id").set_defaults(kind=kind)
+
+    webhooks = commands.add_parser("webhooks", help="receivers the API notifies of your jobs")
+    hooks = webhooks.add_subparsers(dest="webhooks_command", required=True)
+    add = command(hooks, "add", _add_webhook, "register a receiver; prints its id and signing secret (once)",
+                  "receiver")  # not "url", which names the API
+    add.add_argument("--events", nargs="+", help="job.succeeded, job.failed, job.cancelled, job.stage "
+                     "(default: the first three)")
+    command(hooks, "list", _list_webhooks, "your receivers")
+    command(hooks, "delete", _delete_webhook, "remove a receiver and its pending messages", "id")
+    command(hooks, "deliveries", _deliveries, "every delivery attempt to a receiver, oldest first", "id")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -101,7 +131,6 @@ def _submit(client: Client, args: argparse.Namespace) -> int:
 
 
 def _list(client: Client, args: argparse.Namespace) -> int:
-    """A table on a terminal; piped, tab-separated lines (one job each, no header) for scripts."""
     columns = ("id", "name", "status", "stage", "progress", "accuracy", "MACs kept", "created")
     rows = []
     for job in client.list(args.status, page_size=min(max(args.limit, 1), 200)):
@@ -112,15 +141,7 @@ def _list(client: Client, args: argparse.Namespace) -> int:
         macs = _figure(job, "final", "macs"), _figure(job, "baseline", "macs")
         rows.append((job.id, job.name, job.status, job.stage or "", f"{job.progress:.0%}", accuracy,
                      f"{macs[0] / macs[1]:.3f}" if None not in macs else "", f"{job.created_at:%Y-%m-%d %H:%M}"))
-    out = Console()
-    if not out.is_terminal:
-        print("\n".join("\t".join(row) for row in rows))
-        return 0
-    table = Table(*columns)
-    for row in rows:
-        table.add_row(*row)
-    out.print(table)
-    return 0
+    return _table(columns, rows)
 
 
 def _figure(job: Job, section: str, name: str) -> float | None:
@@ -142,9 +163,83 @@ def _cancel(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _delete_job(client: Client, args: argparse.Namespace) -> int:
+    client.delete(args.id)
+    return 0
+
+
 def _download(client: Client, args: argparse.Namespace) -> int:
     for path in client.download(args.id, args.name, args.out):
         print(path)
+    return 0
+
+
+def _upload(client: Client, args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    if not path.is_file():
+        raise UsageError(f"cannot read {args.file}: no such file")
+    send = client.upload_dataset if args.kind == "datasets" else client.upload_checkpoint
+    with Progress(TextColumn("[bold]upload"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  TextColumn("{task.description}"), console=err, transient=True,
+                  disable=not err.is_terminal) as progress:
+        task = progress.add_task("", total=path.stat().st_size)
+        try:
+            uploaded = send(path, on_progress=lambda sent, total: progress.update(
+                task, completed=sent, description="" if sent < total else "checking"))
+        except ValueError as exc:  # not an archive
+            raise UsageError(str(exc)) from exc
+    print(uploaded.id)
+    return 0
+
+
+def _list_uploads(client: Client, args: argparse.Namespace) -> int:
+    if args.kind == "datasets":
+        rows = [(d.id, ", ".join(d.classes), " ".join(f"{k} {v}" for k, v in d.counts.items()), f"{d.bytes:,}",
+                 f"{d.created_at:%Y-%m-%d %H:%M}") for d in client.datasets()]
+        return _table(("id", "classes", "images", "bytes", "created"), rows)
+    rows = [(c.id, str(c.tensors), f"{c.bytes:,}", c.sha256[:16], f"{c.created_at:%Y-%m-%d %H:%M}")
+            for c in client.checkpoints()]
+    return _table(("id", "tensors", "bytes", "sha256", "created"), rows)
+
+
+def _delete_upload(client: Client, args: argparse.Namespace) -> int:
+    (client.delete_dataset if args.kind == "datasets" else client.delete_checkpoint)(args.id)
+    return 0
+
+
+def _add_webhook(client: Client, args: argparse.Namespace) -> int:
+    created = client.add_webhook(args.receiver, args.events)
+    print(f"{created.id}\t{created.secret}")
+    return 0
+
+
+def _list_webhooks(client: Client, args: argparse.Namespace) -> int:
+    rows = [(w.id, w.url, " ".join(w.events), f"{w.created_at:%Y-%m-%d %H:%M}") for w in client.webhooks()]
+    return _table(("id", "url", "events", "created"), rows)
+
+
+def _delete_webhook(client: Client, args: argparse.Namespace) -> int:
+    client.delete_webhook(args.id)
+    return 0
+
+
+def _deliveries(client: Client, args: argparse.Namespace) -> int:
+    rows = [(f"{d.at:%Y-%m-%d %H:%M:%S}", d.event, d.job_id, str(d.attempt), d.status,
+             "" if d.response_status is None else str(d.response_status), d.error or "")
+            for d in client.deliveries(args.id)]
+    return _table(("at", "event", "job", "attempt", "status", "HTTP", "error"), rows)
+
+
+def _table(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> int:
+    """A table on a terminal; piped, tab-separated lines (one row each, no header) for scripts."""
+    out = Console()
+    if not out.is_terminal:
+        print("\n".join("\t".join(row) for row in rows))
+        return 0
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
     return 0
 
 

@@ -16,9 +16,12 @@ import httpx
 from httpx_sse import SSEError, connect_sse
 
 from .errors import ApiError
-from .models import Artifact, Event, Job, JobPage
+from .models import Artifact, Checkpoint, Dataset, Delivery, DeliveryPage, Event, Job, JobPage, Webhook, WebhookCreated
 
 CHUNK_BYTES = 1 << 20
+UPLOAD_READ_SECONDS = 900.0  # the API answers an upload once it has checked it: every image of a dataset decoded
+# what an archive is, from its first bytes (the API reads the format from the content too; the type is a label)
+ARCHIVE_MAGIC = ((b"PK\x03\x04", "application/zip"), (b"\x1f\x8b", "application/gzip"))
 RECONNECT_SECONDS = 1.0
 GIVE_UP_SECONDS = 60.0  # a stream that cannot be re-opened for this long raises instead of waiting on
 
@@ -156,6 +159,67 @@ class Client:
         partial.replace(target)
         return target
 
+    # -- uploads ------------------------------------------------------------------------------------
+    def upload_dataset(self, path: str | Path, on_progress: Callable[[int, int], None] | None = None) -> Dataset:
+        """Upload an image-folder archive (zip, tar or tar.gz of ``train/<class>/``, ``test/<class>/`` and
+        optionally ``val/<class>/``); ``on_progress(sent, total)`` is called as the bytes go out."""
+        return Dataset.model_validate(self._upload("/datasets", Path(path), _archive_type(Path(path)), on_progress))
+
+    def datasets(self) -> list[Dataset]:
+        return [Dataset.model_validate(d) for d in self._request("GET", "/datasets").json()]
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        self._request("DELETE", f"/datasets/{dataset_id}")
+
+    def upload_checkpoint(self, path: str | Path, on_progress: Callable[[int, int], None] | None = None) -> Checkpoint:
+        """Upload a safetensors state dict (a spec names it as ``model.checkpoint: upload:<id>``)."""
+        return Checkpoint.model_validate(self._upload("/checkpoints", Path(path), "application/octet-stream",
+                                                      on_progress))
+
+    def checkpoints(self) -> list[Checkpoint]:
+        return [Checkpoint.model_validate(c) for c in self._request("GET", "/checkpoints").json()]
+
+    def delete_checkpoint(self, checkpoint_id: str) -> None:
+        self._request("DELETE", f"/checkpoints/{checkpoint_id}")
+
+    def _upload(self, route: str, path: Path, media_type: str,
+                on_progress: Callable[[int, int], None] | None) -> dict[str, Any]:
+        total = path.stat().st_size
+
+        def chunks() -> Iterator[bytes]:  # streamed: a large file is never held in memory
+            sent = 0
+            with path.open("rb") as data:
+                while chunk := data.read(CHUNK_BYTES):
+                    sent += len(chunk)
+                    yield chunk
+                    if on_progress is not None:
+                        on_progress(sent, total)
+
+        timeout = httpx.Timeout(self._http.timeout.connect, read=UPLOAD_READ_SECONDS)
+        return self._request("POST", route, content=chunks(), timeout=timeout,
+                             headers={"Content-Type": media_type, "Content-Length": str(total)}).json()
+
+    # -- webhooks -----------------------------------------------------------------------------------
+    def add_webhook(self, url: str, events: list[str] | None = None) -> WebhookCreated:
+        """Register a receiver; the answer holds its signing secret, shown this once."""
+        body = {"url": url, **({"events": events} if events else {})}
+        return WebhookCreated.model_validate(self._request("POST", "/webhooks", json=body).json())
+
+    def webhooks(self) -> list[Webhook]:
+        return [Webhook.model_validate(w) for w in self._request("GET", "/webhooks").json()]
+
+    def delete_webhook(self, webhook_id: str) -> None:
+        self._request("DELETE", f"/webhooks/{webhook_id}")
+
+    def deliveries(self, webhook_id: str, *, page_size: int = 100) -> Iterator[Delivery]:
+        """Every delivery attempt to the receiver, oldest first, following the API's cursor pages."""
+        params: dict[str, Any] = {"limit": page_size}
+        path: str | None = f"/webhooks/{webhook_id}/deliveries"
+        while path is not None:
+            page = DeliveryPage.model_validate(self._request("GET", path, params=params).json())
+            yield from page.items
+            path, params = page.next, {}
+
     # -- transport ----------------------------------------------------------------------------------
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
@@ -165,3 +229,14 @@ class Client:
         if response.is_error:
             raise ApiError.of(response)
         return response
+
+
+def _archive_type(path: Path) -> str:
+    with path.open("rb") as data:
+        head = data.read(512)
+    for magic, media_type in ARCHIVE_MAGIC:
+        if head.startswith(magic):
+            return media_type
+    if head[257:262] == b"ustar":
+        return "application/x-tar"
+    raise ValueError(f"{path.name} is not a zip, tar or tar.gz archive")

@@ -59,3 +59,56 @@ class Artifact(BaseModel):
     bytes: int
     sha256: str
     media_type: str
+
+
+class Webhook(BaseModel):
+    """An endpoint as listed: never its secret, which only the answer that created it shows."""
+
+    id: str
+    url: str
+    events: list[str]
+    created_at: datetime
+
+
+class WebhookCreated(Webhook):
+    secret: str  # ``whsec_<base64>``; verify each message's webhook-signature with it
+
+
+class Delivery(BaseModel):
+    """One attempt at one message. ``error`` holds a short, printable excerpt of the receiver's answer at most."""
+
+    id: int
+    event: str
+    job_id: str
+    attempt: int
+    status: str  # succeeded | retrying | failed
+    response_status: int | None
+    error: str | None
+    at: datetime
+
+
+class DeliveryPage(BaseModel):
+    items: list[Delivery]
+    next: str | None
+
+
+class Dataset(BaseModel):
+    """An uploaded image-folder dataset. ``bytes`` is its extracted size, what counts against the quota;
+    ``sha256`` is the uploaded archive's."""
+
+    id: str
+    classes: list[str]
+    counts: dict[str, int]  # images per split: train, test, and val when the archive has one
+    bytes: int
+    sha256: str
+    created_at: datetime
+
+
+class Checkpoint(BaseModel):
+    """An uploaded safetensors checkpoint; ``tensors`` is the count its header lists."""
+
+    id: str
+    bytes: int
+    sha256: str
+    tensors: int
+    created_at: datetime

@@ -1,14 +1,15 @@
 """``rlprune``: ``run`` a job locally, ``serve`` the API with a worker, ``keys create|list|revoke``, and
-``jobs ...`` against a running API."""
+``jobs``, ``datasets``, ``checkpoints`` and ``webhooks`` against a running API."""
 
 from __future__ import annotations
 
 import argparse
 import re
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
-from rlprune_client.cli import add_jobs_command
+from rlprune_client.cli import add_client_commands
 
 from .run import add_run_command, dispatch
 
@@ -62,6 +63,7 @@ def _tenant(text: str) -> str:
 
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="rlprune", description="Shrink convnets by RL-driven channel pruning.")
+    root.add_argument("--version", action="version", version=f"rlprune {version('rlprune')}")
     commands = root.add_subparsers(dest="command", required=True)
     add_run_command(commands)
     data_dir = argparse.ArgumentParser(add_help=False)
@@ -84,7 +86,7 @@ def parser() -> argparse.ArgumentParser:
     revoke.add_argument("--name")
     revoke.add_argument("--tenant", type=_tenant)
     revoke.set_defaults(handler=_revoke_keys)
-    add_jobs_command(commands)
+    add_client_commands(commands)
     return root
 
 

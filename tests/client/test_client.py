@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from api.app import create_app
-from rlprune_client import FINISHED, ApiError, Client, Job
+from rlprune_client import FINISHED, ApiError, Checkpoint, Client, Dataset, Delivery, Job, Webhook, WebhookCreated
 from store.models import FINISHED as SERVER_FINISHED
 from store.settings import Settings
 
@@ -24,13 +24,15 @@ from ..support.jobs import all_events
 from ..support.paths import REPO
 from ..support.serving import start_serve, stop_serve
 from ..support.specs import tiny_spec
+from ..support.uploads import image_folder, zipped
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def serve(tmp_path_factory):
-    process, http = start_serve(tmp_path_factory.mktemp("client") / "data")
+    # receivers on loopback allowed: the webhook commands register one that nothing answers
+    process, http = start_serve(tmp_path_factory.mktemp("client") / "data", RLPRUNE_WEBHOOK_ALLOW_PRIVATE="true")
     try:
         yield str(http.base_url), http.headers["Authorization"].removeprefix("Bearer "), http
     finally:
@@ -53,7 +55,8 @@ def test_the_client_needs_neither_torch_nor_the_server():
 
 def test_the_client_s_models_are_the_api_s_schemas(tmp_path):
     schemas = create_app(Settings(data_dir=tmp_path)).openapi()["components"]["schemas"]
-    for model, schema in ((Job, "JobOut"),):
+    for model, schema in ((Job, "JobOut"), (Dataset, "DatasetOut"), (Checkpoint, "CheckpointOut"),
+                          (Webhook, "WebhookOut"), (WebhookCreated, "WebhookCreated"), (Delivery, "DeliveryOut")):
         assert set(model.model_fields) == set(schemas[schema]["properties"])
     assert {str(s) for s in SERVER_FINISHED} == FINISHED
 
@@ -80,6 +83,52 @@ def test_submit_wait_and_download_from_the_command_line(serve, tmp_path):
     assert listed.returncode == 0 and job_id[:8] in listed.stdout
     shown = rlprune("jobs", "show", job_id, key=key, url=url)
     assert json.loads(shown.stdout)["status"] == "succeeded"
+    assert rlprune("jobs", "delete", job_id, key=key, url=url).returncode == 0
+    gone = rlprune("jobs", "show", job_id, key=key, url=url)
+    assert gone.returncode == 1 and gone.stderr.strip() == "rlprune: error: 404 Not Found: no such job"
+
+
+def test_uploads_and_webhooks_from_the_command_line(serve, tmp_path):
+    url, key, _ = serve
+    archive, checkpoint, text = tmp_path / "pets.zip", tmp_path / "net.safetensors", tmp_path / "notes.txt"
+    archive.write_bytes(zipped(image_folder()))
+    header = b'{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}'
+    checkpoint.write_bytes(len(header).to_bytes(8, "little") + header + bytes(16))
+    text.write_text("not an archive")
+
+    def ok(*args: str) -> str:
+        done = rlprune(*args, key=key, url=url)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    dataset = ok("datasets", "upload", str(archive))
+    assert ok("datasets", "list").split("\t")[:2] == [dataset, "cat, dog"]  # piped: tab-separated rows
+    weights = ok("checkpoints", "upload", str(checkpoint))
+    assert ok("checkpoints", "list").split("\t")[:2] == [weights, "1"]
+    wrong = rlprune("datasets", "upload", str(text), key=key, url=url)
+    assert wrong.returncode == 2
+    assert wrong.stderr.strip() == "rlprune: error: notes.txt is not a zip, tar or tar.gz archive"
+    refused = rlprune("checkpoints", "upload", str(text), key=key, url=url)
+    assert refused.returncode == 1 and "safetensors" in refused.stderr and len(refused.stderr.splitlines()) == 1
+    ok("datasets", "delete", dataset)
+    ok("checkpoints", "delete", weights)
+    assert ok("datasets", "list") == ok("checkpoints", "list") == ""
+
+    webhook, secret = ok("webhooks", "add", "http://127.0.0.1:9/hook", "--events", "job.succeeded").split("\t")
+    assert secret.startswith("whsec_")
+    assert ok("webhooks", "list").split("\t")[:3] == [webhook, "http://127.0.0.1:9/hook", "job.succeeded"]
+    assert ok("webhooks", "deliveries", webhook) == ""
+    bad = rlprune("webhooks", "add", "ftp://example.com/", key=key, url=url)
+    assert bad.returncode == 1 and "url" in bad.stderr and len(bad.stderr.splitlines()) == 1
+    ok("webhooks", "delete", webhook)
+    assert ok("webhooks", "list") == ""
+    assert rlprune("webhooks", "delete", webhook, key=key, url=url).returncode == 1
+
+
+def test_the_command_line_names_its_version():
+    done = subprocess.run([sys.executable, "-m", "service.cli", "--version"], cwd=REPO, capture_output=True,
+                          text=True, check=True)
+    assert re.fullmatch(r"rlprune \d+\.\d+\.\d+\S*", done.stdout.strip())
 
 
 def test_the_command_line_fails_with_one_readable_line(serve, tmp_path):

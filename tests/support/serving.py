@@ -49,12 +49,13 @@ def served_api(database: str, root: Path, worker: bool = False,
             service.stop()
 
 
-def start_serve(data_dir) -> tuple[subprocess.Popen, httpx.Client]:
+def start_serve(data_dir, **env: str) -> tuple[subprocess.Popen, httpx.Client]:
+    """``rlprune serve`` on a free port, with settings ``env`` (``RLPRUNE_*``) on top of the test's own."""
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--data-dir",
                                 str(data_dir)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env={**os.environ, "PYTHONUNBUFFERED": "1", "RLPRUNE_HEARTBEAT_SECONDS": "1",
-                                    "RLPRUNE_LEASE_SECONDS": "5"})
+                                    "RLPRUNE_LEASE_SECONDS": "5", **env})
     key = None
     for line in process.stdout:
         if line.startswith("API key: "):
