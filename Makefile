@@ -14,8 +14,8 @@ RUN := $(UV) run --frozen --compile-bytecode
 
 .PHONY: serve demo test lint compose-smoke
 
-serve: $(filter .tools/bin/uv,$(UV))  ## the API and one worker on an embedded store (SQLite), at http://127.0.0.1:8000
-	$(RUN) rlprune serve
+serve: $(filter .tools/bin/uv,$(UV))  ## the API and one worker on an embedded store (SQLite), at http://127.0.0.1:8000 (PORT=… for another port)
+	$(RUN) rlprune serve $(if $(PORT),--port $(PORT))
 
 demo: $(filter .tools/bin/uv,$(UV))  ## prune a VGG-11 on the bundled digits to <= 50 % of its MACs (about a minute on a laptop CPU)
 	$(RUN) rlprune run examples/digits.json --out runs/digits

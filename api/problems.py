@@ -85,7 +85,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = field_errors(exc.errors(), whole="body")
+        body = getattr(request.scope.get("route"), "body_field", None)  # the model the body was validated as
+        model = getattr(getattr(body, "field_info", None), "annotation", None)
+        errors = field_errors(exc.errors(), whole="body", model=model if isinstance(model, type) else None)
         for error, raw in zip(errors, exc.errors(), strict=True):
             if raw["type"] == "json_invalid":  # its location is a character offset, not a field
                 error["field"], error["message"] = "body", await _json_position(request, raw)

@@ -117,8 +117,10 @@ def _read_spec(source: str) -> dict[str, Any]:
         spec = yaml.safe_load(text)
     except OSError as exc:
         raise UsageError(f"cannot read {source}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise UsageError(f"{source} is not JSON or YAML: {str(exc).splitlines()[0]}") from exc
+    except yaml.YAMLError as exc:  # where the parser stopped, as rlprune_core.spec says it (not imported: no torch)
+        mark, reason = getattr(exc, "problem_mark", None), getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise UsageError(f"{source} is not JSON or YAML{where}: {reason}") from exc
     if not isinstance(spec, dict):
         raise UsageError(f"{source} does not hold a spec (a mapping of fields)")
     return spec

@@ -78,5 +78,6 @@ def check_receiver(url: str, allow_private: bool) -> tuple[SplitResult, list[Add
     if not addresses:
         raise BadUrl("the host does not resolve")
     if not allow_private and any(is_refused(a) for a in addresses):
-        raise BadUrl("the host resolves to a loopback, private, link-local or reserved address")
+        raise BadUrl("the host resolves to a loopback, private, link-local or reserved address (an operator "
+                     "can allow such receivers with RLPRUNE_WEBHOOK_ALLOW_PRIVATE)")
     return parts, addresses

@@ -139,6 +139,10 @@ def test_the_command_line_fails_with_one_readable_line(serve, tmp_path):
     invalid.write_text(json.dumps({"name": "x", "model": {"arch": "no-such-net"}, "dataset": {"name": "digits"}}))
     refused = rlprune("jobs", "submit", str(invalid), key=key, url=url)
     assert refused.returncode == 1 and "model.arch" in refused.stderr and len(refused.stderr.splitlines()) == 1
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: x\nmodel:\n  arch: vgg11\n   width: 1\n")
+    unparsable = rlprune("jobs", "submit", str(broken), key=key, url=url)
+    assert unparsable.returncode == 2 and "is not JSON or YAML at line 4, column 9" in unparsable.stderr
     unreadable = rlprune("jobs", "submit", str(tmp_path / "absent.json"), key=key, url=url)
     assert unreadable.returncode == 2 and len(unreadable.stderr.splitlines()) == 1
     keyless = rlprune("jobs", "list", key=None, url=url)

@@ -256,7 +256,9 @@ def test_cli_runs_a_job_and_prints_the_summary(tmp_path):
 
 @pytest.mark.parametrize(("content", "expected"), [
     ('{"prune": {"budget": {"keep": 2}}}', "prune.budget.keep"),
-    ("model: [", "not valid YAML"),
+    ("model: [", "not valid YAML or JSON: line 1, column 9"),
+    ("name: x\nmodel:\n  arch: vgg11\n   width: 1", "line 4, column 9"),
+    ('{"prune": {"agnet": "l1"}}', "prune.agnet: unknown field; did you mean 'agent'?"),
 ])
 def test_cli_rejects_a_bad_spec_in_one_line(tmp_path, content, expected):
     spec_path = tmp_path / "spec.yaml"

@@ -148,6 +148,15 @@ def test_invalid_specs_are_problems_naming_the_field(service, body, field):
     assert field in [e["field"] for e in response.json()["errors"]]
 
 
+def test_an_unknown_field_is_answered_with_the_closest_known_one(service):
+    _, client, keys = service
+    response = submit(client, keys["alice"], {**SPEC, "prune": {"agnet": "l1"}, "modle": {}})
+    assert {e["field"]: e["message"] for e in response.json()["errors"]} == {
+        "prune.agnet": "unknown field; did you mean 'agent'?", "modle": "unknown field; did you mean 'model'?"}
+    far = submit(client, keys["alice"], {**SPEC, "zzzzzz": 1}).json()["errors"]
+    assert far == [{"field": "zzzzzz", "message": "unknown field"}]
+
+
 @pytest.mark.parametrize(("section", "value", "field"), [
     ({"pretrain": {"weight_decay": 1}}, "Infinity", "pretrain.weight_decay"),
     ({"prune": {"finalists": {"margin": 1}}}, "NaN", "prune.finalists.margin"),
