@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from rlprune_core.spec import field_errors
+from rlprune_core.errors import field_errors
 from store.db import is_outage
 
 MEDIA_TYPE = "application/problem+json"

@@ -12,11 +12,9 @@ whoever runs the job, see :mod:`rlprune_core.footprint`.
 
 from __future__ import annotations
 
-import difflib
 import re
-from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -32,7 +30,7 @@ from pydantic import (
     model_validator,
 )
 
-from .errors import SpecError
+from .errors import SpecError, describe_validation_error, yaml_problem
 
 CifarArch = Literal["vgg11", "vgg13", "vgg16", "vgg19", "resnet20", "resnet56"]
 # torchvision classification models, each tested for every pruning invariant (rlprune_core.models).
@@ -332,45 +330,3 @@ class JobSpec(_Strict):
         except OSError as exc:
             raise SpecError(f"cannot read spec {path}: {exc.strerror}") from exc
         return cls.from_text(text)
-
-
-def yaml_problem(exc: yaml.YAMLError) -> str:
-    """``line 3, column 7: mapping values are not allowed here``: where the parser stopped, and why."""
-    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
-    reason = problem or str(exc).splitlines()[0]
-    return f"line {mark.line + 1}, column {mark.column + 1}: {reason}" if mark is not None else reason
-
-
-def field_errors(errors: Iterable[Mapping[str, Any]], whole: str = "spec",
-                 model: type[BaseModel] | None = None) -> list[dict[str, str]]:
-    """Pydantic's errors as ``{"field": "prune.budget.keep", "message": ...}``: the dotted path (without a
-    request's leading ``body``; ``whole`` where the error is about the whole thing) and a plain message. With
-    the ``model`` that was validated, an unknown field's message names the closest known one (a typo's fix)."""
-    described = []
-    for err in errors:
-        loc = [str(p) for p in err["loc"]]
-        path = loc[1:] if loc[:1] == ["body"] else loc
-        message = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            close = difflib.get_close_matches(path[-1], _fields_at(model, path[:-1]), n=1, cutoff=0.6)
-            message = f"unknown field; did you mean {close[0]!r}?" if close else "unknown field"
-        described.append({"field": ".".join(path) or whole, "message": message})
-    return described
-
-
-def _fields_at(model: type[BaseModel] | None, path: list[str]) -> list[str]:
-    """The field names of the model found at ``path`` inside ``model`` (none where the path leaves models)."""
-    def is_model(candidate: object) -> bool:
-        return isinstance(candidate, type) and issubclass(candidate, BaseModel)
-
-    for part in path:
-        field = model.model_fields.get(part) if is_model(model) else None
-        if field is None:
-            return []
-        model = next((c for c in get_args(field.annotation) or (field.annotation,) if is_model(c)), None)
-    return list(model.model_fields) if is_model(model) else []
-
-
-def describe_validation_error(exc: ValidationError, model: type[BaseModel] | None = None) -> str:
-    """One line per problem, each starting with the dotted field path (``prune.budget.keep: ...``)."""
-    return "; ".join(f"{e['field']}: {e['message']}" for e in field_errors(exc.errors(), model=model))

@@ -12,66 +12,44 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from ..conftest import tiny_spec
-from ..support.chaos import (
-    ChaosService,
-    Findings,
-    api_client,
-    prepare_database,
-    request,
-    seconds_until_ready,
-    service_env,
-)
+from ..support import chaos
 from ..support.databases import fresh_postgres
-from ..support.jobs import all_events, finished, wait_for
+from ..support.jobs import finished, wait_for
 from ..support.outages import RedisServer
+from ..support.specs import tiny_spec
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
-DOWN_SECONDS = 3.0
-READY_WITHIN_SECONDS = 5.0
 LONG = tiny_spec(name="through-a-redis-restart", pretrain={"epochs": 25}).model_dump(mode="json")
 WHILE_DOWN = tiny_spec(name="submitted-while-redis-is-down", pretrain={"epochs": 1}).model_dump(mode="json")
 
 
 def test_a_redis_restart_mid_job_costs_no_attempt_and_orphans_no_job(tmp_path):
-    with Findings() as findings, fresh_postgres() as url, RedisServer(tmp_path / "redis") as redis_server:
-        keys = prepare_database(url, "chaos")
-        service = ChaosService(service_env(url, redis_server.url, tmp_path / "data"), tmp_path)
+    with chaos.Findings() as findings, fresh_postgres() as url, RedisServer(tmp_path / "redis") as redis_server:
+        keys = chaos.prepare_database(url, "chaos")
+        service = chaos.ChaosService(chaos.service_env(url, redis_server.url, tmp_path / "data"), tmp_path)
         try:
             service.start_api()
             service.start_worker("steady")
-            with api_client(service.url, keys["chaos"], timeout=20) as client:
+            with chaos.api_client(service.url, keys["chaos"], timeout=20) as client:
                 job = client.post("/jobs", json=LONG).json()
                 wait_for(client, job["id"], lambda j: finished(j) or (j["status"] == "running" and j["progress"] > 0),
                          timeout=240)
 
                 redis_server.stop()
                 down_at, went_down = time.monotonic(), datetime.now(UTC)
-                findings.problem_response("GET /readyz while Redis is down", request(client, "GET", "/readyz"), 503)
-                refused = request(client, "POST", "/jobs", json=WHILE_DOWN,
-                                  headers={"Idempotency-Key": "submitted-while-redis-is-down"})
+                readiness = chaos.request(client, "GET", "/readyz")
+                findings.problem_response("GET /readyz while Redis is down", readiness, 503)
+                refused = chaos.request(client, "POST", "/jobs", json=WHILE_DOWN,
+                                        headers={"Idempotency-Key": "submitted-while-redis-is-down"})
                 findings.problem_response("POST /jobs while Redis is down", refused, 503, retry_after=True)
-                reading = request(client, "GET", f"/jobs/{job['id']}")
+                reading = chaos.request(client, "GET", f"/jobs/{job['id']}")
                 findings.check(isinstance(reading, httpx.Response) and reading.status_code == 200,
                                f"GET /jobs/{{id}} (served from the database) failed while Redis was down: {reading}")
-                time.sleep(max(0.0, DOWN_SECONDS - (time.monotonic() - down_at)))
+                time.sleep(max(0.0, chaos.DOWN_SECONDS - (time.monotonic() - down_at)))
                 redis_server.start()
 
-                ready = seconds_until_ready(client, READY_WITHIN_SECONDS)
-                findings.check(ready is not None, f"/readyz was not 200 within {READY_WITHIN_SECONDS} s of Redis "
-                                                  "answering again")
-                done = wait_for(client, job["id"], finished, timeout=360)
-                findings.check(datetime.fromisoformat(done["finished_at"]) > went_down,
-                               "the job finished before Redis went down, so the restart was not mid-job")
-                findings.check(done["status"] == "succeeded", f"the running job {done['status']}: {done['error']}")
-                findings.check(done["attempts"] == 1, f"the running job took {done['attempts']} attempts; a broker "
-                                                      "restart must not cost one")
-                events = all_events(client, job["id"])
-                ids = [e["id"] for e in events]
-                findings.check(ids == sorted(set(ids)), "event ids are not strictly increasing")
-                findings.check(not any(e["type"] in ("requeued", "resumed") for e in events),
-                               "the running job was requeued or resumed")
+                chaos.check_ran_through(findings, client, job["id"], went_down, "a Redis restart")
 
                 # Whatever the 503 meant (nothing created, or created and sent once the broker is back), the job
                 # submitted during the outage exists at most once, and a retry with its key makes it run.

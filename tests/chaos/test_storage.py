@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import pytest
 
-from ..conftest import tiny_spec
 from ..support.chaos import ChaosService, api_client, prepare_database, service_env
 from ..support.databases import fresh_postgres, fresh_redis
 from ..support.jobs import finished, wait_for
+from ..support.specs import tiny_spec
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 

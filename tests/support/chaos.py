@@ -45,9 +45,13 @@ from store.db import make_engine, session_factory, transaction
 from store.keys import create_api_key
 from store.models import FINISHED, Job, JobEvent
 
-from .jobs import all_events
+from .jobs import all_events, finished, wait_for
 from .migrations import migrate
 from .processes import Service
+
+# An outage's length, and how soon /readyz must be 200 again once it ends
+DOWN_SECONDS = 3.0
+READY_WITHIN_SECONDS = 5.0
 
 STAGES = ("pretrain", "prune", "finetune", "export")
 
@@ -407,3 +411,24 @@ def seconds_until_ready(client: httpx.Client, limit: float) -> float | None:
             return round(time.monotonic() - began, 2)
         time.sleep(0.2)
     return None
+
+
+def check_ran_through(findings: Findings, client: httpx.Client, job_id: str, went_down: datetime,
+                      outage: str) -> list[dict]:
+    """What every outage mid-job must leave: /readyz 200 again soon after ``outage`` ends, the job finished
+    after the outage began, succeeded in its first attempt, never requeued or resumed, event ids strictly
+    increasing. Returns the job's events for the checks particular to the outage."""
+    ready = seconds_until_ready(client, READY_WITHIN_SECONDS)
+    findings.check(ready is not None, f"/readyz was not 200 within {READY_WITHIN_SECONDS} s of {outage} ending")
+    done = wait_for(client, job_id, finished, timeout=360)
+    findings.check(datetime.fromisoformat(done["finished_at"]) > went_down,
+                   f"the job finished before {outage}, so it was not mid-job")
+    findings.check(done["status"] == "succeeded", f"the job {done['status']}: {done['error']}")
+    findings.check(done["attempts"] == 1, f"the job took {done['attempts']} attempts; {outage} must not cost one")
+    events = all_events(client, job_id)
+    ids = [e["id"] for e in events]
+    findings.check(all(a < b for a, b in pairwise(ids)), f"event ids are not strictly increasing: {ids}")
+    types = Counter(e["type"] for e in events)
+    findings.check(types["requeued"] == 0 and types["resumed"] == 0,
+                   f"the job was requeued {types['requeued']}x and resumed {types['resumed']}x")
+    return events
