@@ -23,7 +23,7 @@ def _settings(args: argparse.Namespace):
 def _serve(args: argparse.Namespace) -> int:
     from .embedded import serve
 
-    return serve(_settings(args), args.host, args.port)
+    return serve(_settings(args), args.host, args.port, args.rotate_key)
 
 
 def _create_key(args: argparse.Namespace) -> int:
@@ -72,6 +72,7 @@ def parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", parents=[data_dir], help="the API and one worker, on an embedded store")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--rotate-key", action="store_true", help="revoke the kept serve key and print a new one")
     serve.set_defaults(handler=_serve)
     keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
     create = keys.add_parser("create", parents=[data_dir], help="create an API key and print it (only this once)")

@@ -1,6 +1,8 @@
 """``rlprune serve``: the API and one worker on the embedded store (SQLite, Celery's SQLAlchemy transport).
 
-The database is migrated, the serve key is rotated (the previous one is revoked and a fresh one printed),
+The database is migrated, the serve key is printed (the one of the previous start, kept in the data folder
+with owner-only permissions so that a restart logs no client out, unless it was revoked or ``--rotate-key``
+asks for a fresh one),
 the worker runs as a supervised child process (restarted if it dies) and the API in this one. Ctrl-C (or
 SIGTERM) stops the API, then the worker; a job that was running goes back to the queue and resumes from
 its checkpoint at the next start.
@@ -22,13 +24,14 @@ from alembic import command
 from sqlalchemy.orm import Session
 
 from store.db import alembic_config, make_engine, session_factory, transaction
-from store.keys import create_api_key, list_api_keys, revoke_api_keys
+from store.keys import create_api_key, list_api_keys, revoke_api_keys, tenant_for_key
 from store.settings import Settings
 from worker.command import worker_command
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_TENANT = "local"
 SERVE_KEY_NAME = "serve"
+SERVE_KEY_FILE = "serve.key"
 WORKER_STOP_SECONDS = 30
 RESTARTS_PER_MINUTE = 5  # a worker that dies faster than this is broken, not unlucky: serve gives up
 
@@ -77,12 +80,29 @@ def worker_environment(settings: Settings) -> dict[str, str]:
             "RLPRUNE_DATABASE_URL": settings.resolved_database_url, "RLPRUNE_BROKER_URL": settings.resolved_broker_url}
 
 
-def serve(settings: Settings, host: str, port: int) -> int:
+def serve_key(settings: Settings, rotate: bool = False) -> str:
+    """The key ``serve`` prints: the previous start's, kept in ``<data dir>/serve.key`` (mode 0600), while it
+    is live; otherwise (or with ``rotate``) a fresh one, which revokes the old."""
+    path = settings.data_dir / SERVE_KEY_FILE
+    if not rotate and path.exists():
+        kept = path.read_text().strip()
+        with _key_store(settings) as session:
+            if tenant_for_key(session, kept) == LOCAL_TENANT:
+                return kept
+    _, key = create_key(settings, SERVE_KEY_NAME, LOCAL_TENANT, rotate=True)
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others
+    with os.fdopen(descriptor, "w") as out:
+        out.write(key + "\n")
+    return key
+
+
+def serve(settings: Settings, host: str, port: int, rotate_key: bool = False) -> int:
     import uvicorn
 
     from api.app import create_app
 
-    _, key = create_key(settings, SERVE_KEY_NAME, LOCAL_TENANT, rotate=True)
+    key = serve_key(settings, rotate_key)
     log_path = settings.data_dir / "worker.log"
     worker = WorkerSupervisor(settings, log_path)
     worker.start()
@@ -91,7 +111,8 @@ def serve(settings: Settings, host: str, port: int) -> int:
     # The key rides in the fragment, which browsers never send: it stays out of every server's logs.
     print(f"dashboard: http://{host}:{port}/ui#key={key}", flush=True)
     print(f"command line: export RLPRUNE_URL=http://{host}:{port} RLPRUNE_API_KEY={key}", flush=True)
-    print("(each start replaces the key of the previous one; `rlprune keys create` makes lasting keys)", flush=True)
+    print(f"(kept in {settings.data_dir / SERVE_KEY_FILE} across restarts; `rlprune serve --rotate-key` replaces it, "
+          "`rlprune keys create` makes keys of your own)", flush=True)
     print(f"worker log: {log_path}", flush=True)
     # uvicorn shuts down gracefully on SIGINT/SIGTERM and then re-raises the signal; both end up here as
     # KeyboardInterrupt, so the worker is always stopped and the exit is clean.

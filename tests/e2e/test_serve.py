@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import stat
 import subprocess
 
 import pytest
@@ -14,6 +15,8 @@ from rlprune_core import load_model
 from rlprune_core.data import load_dataset
 from rlprune_core.spec import JobSpec
 from rlprune_core.training import evaluate
+from service.embedded import list_keys, revoke_keys, serve_key
+from store.settings import Settings
 
 from ..support.jobs import all_events, finished, stream_events, wait_for
 from ..support.serving import start_serve, stop_serve
@@ -54,15 +57,29 @@ def test_ctrl_c_requeues_the_running_job_and_the_next_start_resumes_it(tmp_path)
     assert "Traceback" not in process.stdout.read()
 
     old_key = client.headers["Authorization"]
-    process, client = start_serve(tmp_path / "data")  # a new key, same local tenant: the job is visible
+    process, client = start_serve(tmp_path / "data")
     try:
-        assert client.get("/jobs", headers={"Authorization": old_key}).status_code == 401  # rotated
+        assert client.headers["Authorization"] == old_key  # the same key: a restart logs no client out
         done = wait_for(client, job["id"], finished)
         assert done["status"] == "succeeded" and done["attempts"] == 1  # the interrupted run is not counted
         types = [e["type"] for e in all_events(client, job["id"])]
         assert "requeued" in types and "resumed" in types
     finally:
         assert stop_serve(process) == 0
+
+
+def test_the_serve_key_is_kept_owner_only_until_rotated_or_revoked(tmp_path):
+    settings = Settings(data_dir=tmp_path / "data")
+    first = serve_key(settings)
+    assert serve_key(settings) == first
+    assert stat.S_IMODE((tmp_path / "data" / "serve.key").stat().st_mode) == 0o600
+    rotated = serve_key(settings, rotate=True)
+    assert rotated != first
+    revoke_keys(settings, key_id=None, name="serve", tenant=None)
+    fresh = serve_key(settings)
+    assert fresh not in (first, rotated)
+    serve_keys = [k for k in list_keys(settings) if k[2] == "serve"]
+    assert len(serve_keys) == 3 and sum(revoked is None for *_, revoked in serve_keys) == 1
 
 
 def test_a_worker_killed_under_serve_is_restarted_and_its_job_finishes(tmp_path):
