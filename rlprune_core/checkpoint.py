@@ -1,7 +1,9 @@
-"""Starting weights from a user's safetensors file, checked tensor by tensor before anything is loaded."""
+"""Weights from safetensors files: a user's starting weights, checked tensor by tensor before anything is
+loaded, and the job's own, loaded back into the model they were saved from."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -12,6 +14,20 @@ from torch import nn
 from .errors import CheckpointError
 from .models import ModelConfig
 from .structure import head_layers
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """``model.load_state_dict(state)`` for a state read from safetensors, which keeps tensors only: a
+    state_dict also carries each module's version (``_metadata``), and some torchvision modules (MNASNet)
+    refuse a state without it. The model's own versions are attached: the state is of this same definition."""
+    versioned = OrderedDict(state)
+    versioned._metadata = getattr(model.state_dict(), "_metadata", None)  # type: ignore[attr-defined]
+    model.load_state_dict(versioned)
+
+
+def load_weights(model: nn.Module, path: Path, device: torch.device | str = "cpu") -> None:
+    """Load weights the job saved itself (trusted: written by this code) into ``model``."""
+    load_state(model, load_file(str(path), device=str(device)))
 
 
 def _head_tensors(model: nn.Module) -> set[str]:
@@ -50,5 +66,5 @@ def load_checkpoint(model: nn.Module, path: Path | None, config: ModelConfig, de
         raise CheckpointError(f"{wrong} (tensors {'; '.join(found)})")
     for name in reinitialised:
         state[name] = expected[name]
-    model.load_state_dict(state)
+    load_state(model, state)
     return reinitialised

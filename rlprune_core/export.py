@@ -14,9 +14,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import save
 from torch import nn
 
+from .checkpoint import load_weights
 from .data import InputContract
 from .files import write_atomically, write_serialized
 from .models import ModelConfig, build_model
@@ -75,7 +76,7 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> nn.Mod
     folder = Path(folder)
     description = json.loads((folder / "model.json").read_text())
     model = rebuild(description)
-    model.load_state_dict(load_file(str(folder / description["weights"])))
+    load_weights(model, folder / description["weights"])
     return model.to(device).eval()
 
 

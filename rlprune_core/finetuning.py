@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
+from .checkpoint import load_weights
 from .data import Split
 from .device import eval_mode, prepare, prepare_input
 from .events import StopCheck
@@ -71,7 +71,7 @@ class Finetuner:
     def load(self, kept: Sequence[Sequence[int]], weights: Path) -> nn.Module:
         """The network keeping ``kept`` with finetuned weights saved before (a resumed stage)."""
         model = self.pruned(kept)
-        model.load_state_dict(load_file(str(weights), device=str(self.inputs.device)))
+        load_weights(model, weights, self.inputs.device)
         return model
 
     def pruned(self, kept: Sequence[Sequence[int]]) -> nn.Module:

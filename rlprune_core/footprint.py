@@ -16,8 +16,9 @@ from functools import cache
 from pathlib import Path
 from typing import get_args
 
+from .architectures import TorchvisionArch
 from .errors import ResourceLimitError
-from .spec import DatasetSpec, JobSpec, TorchvisionArch
+from .spec import DatasetSpec, JobSpec
 
 SIZES = Path(__file__).with_name("models") / "sizes.json"  # written by rlprune_core.models.sizes
 # Training keeps the weights, their gradients and the optimizer's momentum; finetuning adds the teacher's

@@ -18,12 +18,11 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file
 from torch import nn
 
 from .agents import RULE_AGENTS, SearchContext, get_agent, score_candidate, search_units
 from .budgets import budget_for
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, load_weights
 from .device import copy_to, prepare
 from .environment import validation_halves
 from .events import STAGES, Event, EventSink, EventType, StopCheck
@@ -128,7 +127,7 @@ class _Run:
         model = prepare(build_model(inputs.config), inputs.device)
         weights = self.folder / "pretrained.safetensors"
         if "pretrain" in self.folder.done:
-            model.load_state_dict(load_file(str(weights), device=str(inputs.device)))
+            load_weights(model, weights, inputs.device)
             return model
         began = time.perf_counter()
         self.emit(EventType.STAGE, "pretrain", "pretraining the unpruned model")

@@ -30,13 +30,9 @@ from pydantic import (
     model_validator,
 )
 
+from .architectures import Arch, TorchvisionArch, architecture_refusal
 from .errors import SpecError, describe_validation_error, yaml_problem
 
-CifarArch = Literal["vgg11", "vgg13", "vgg16", "vgg19", "resnet20", "resnet56"]
-# torchvision classification models, each tested for every pruning invariant (rlprune_core.models).
-TorchvisionArch = Literal["resnet18", "resnet34", "resnet50", "mobilenet_v2", "mobilenet_v3_small",
-                          "mobilenet_v3_large", "efficientnet_b0", "regnet_x_400mf", "vgg16_bn"]
-Arch = Literal[CifarArch, TorchvisionArch]
 # VGG and the torchvision models halve the image five times: below 32 pixels the last stage has nothing to
 # see. The CIFAR ResNets halve it twice and take any size the dataset field allows.
 MIN_IMAGE_SIZE = 32
@@ -94,6 +90,15 @@ def default_image_size(arch: str) -> int:
 
 class ModelSpec(_Strict):
     arch: Arch = "vgg16"
+
+    @field_validator("arch", mode="before")
+    @classmethod
+    def _say_why_an_architecture_is_refused(cls, arch: object) -> object:
+        """A refused torchvision CNN gets its reason, an unknown name the closest one, not every name."""
+        refusal = architecture_refusal(arch) if isinstance(arch, str) else None
+        if refusal:
+            raise ValueError(refusal)
+        return arch
     width: Annotated[float, Field(gt=0.0, le=4.0)] = Field(
         default=1.0, description="channel multiplier of the built-in CIFAR models; torchvision models take 1.0")
     checkpoint: Text | None = Field(

@@ -16,8 +16,9 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import FileResponse
 from sse_starlette import EventSourceResponse
 
+from rlprune_core.architectures import CifarArch
 from rlprune_core.footprint import dataset_bytes, training_bytes
-from rlprune_core.spec import CifarArch, JobSpec
+from rlprune_core.spec import JobSpec
 from store import jobs, references
 from store.db import transaction
 from store.models import ID, Job, JobStatus

@@ -18,7 +18,7 @@ from typing import get_args
 
 from torch import nn
 
-from ..spec import TorchvisionArch
+from ..architectures import TorchvisionArch
 
 ARCHS: tuple[str, ...] = get_args(TorchvisionArch)
 

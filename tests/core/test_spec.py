@@ -1,5 +1,6 @@
 """The job spec: defaults, strict types, and a message naming the field for every bad value."""
 
+import json
 import subprocess
 import sys
 from typing import get_args
@@ -144,3 +145,14 @@ def test_a_latency_budget_is_measured_at_batch_one_on_the_job_s_device_unless_to
     told = JobSpec.from_text('{"prune": {"budget": {"metric": "latency", "target": {"device": "cpu", '
                              '"batch_size": 64, "threads": 4}}}}')
     assert JobSpec.model_validate_json(told.model_dump_json()) == told
+
+
+@pytest.mark.parametrize(("arch", "words"), [
+    ("densenet121", "concatenation"), ("convnext_tiny", "LayerNorm"), ("shufflenet_v2_x1_0", "shuffles"),
+    ("resnet19", "did you mean 'resnet18'"), ("no-such-net", "unknown architecture"),
+])
+def test_a_refused_architecture_is_told_why_in_one_short_line(arch, words):
+    with pytest.raises(SpecError) as refused:
+        JobSpec.from_text(json.dumps({"model": {"arch": arch}}))
+    assert str(refused.value).startswith("model.arch: ") and words in str(refused.value)
+    assert len(str(refused.value)) < 200

@@ -1,0 +1,112 @@
+"""Which torchvision classification CNNs the structure layer prunes exactly, probed one by one.
+
+For every CNN torchvision lists (the transformers left out: ViT, Swin, MaxViT), built with random weights and
+BatchNorm statistics that look trained: find the prunable groups, keep the l1-largest half of the MACs with
+uniform ratios, and compare the masked model's logits with the physically pruned model's on 64-pixel images.
+The cost model's MACs and params are checked against a count of the pruned model's real layers. A model
+passes when the logits agree within 1e-4 of their own scale (random weights under BatchNorm statistics drawn
+at random blow deep ResNets' logits up to 1e7, where float32 rounding alone exceeds 1e-4) and the counts
+exactly; otherwise every failure is recorded.
+
+    uv run python -m bench.architectures [--only resnet18 densenet121 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from rlprune_core.cost import CostModel
+from rlprune_core.masking import masked
+from rlprune_core.metrics import count_macs, count_params
+from rlprune_core.selection import Budget, select, uniform_counts
+from rlprune_core.structure import find_groups
+from rlprune_core.surgery import prune_model
+from tests.support.models import looking_trained
+
+from .common import environment, write_results
+
+SIZE = 64
+TRANSFORMERS = ("vit_", "swin_", "maxvit_")
+TOLERANCE = 1e-4
+
+
+def cnn_names() -> list[str]:
+    import torchvision
+
+    return [n for n in torchvision.models.list_models(module=torchvision.models) if not n.startswith(TRANSFORMERS)]
+
+
+def trained_looking(name: str) -> nn.Module:
+    import torchvision
+
+    torch.manual_seed(0)
+    return looking_trained(torchvision.models.get_model(name, weights=None, num_classes=10))
+
+
+def probe(name: str) -> dict:
+    began = time.perf_counter()
+    model = trained_looking(name)
+    row: dict = {"arch": name, "params_m": round(count_params(model) / 1e6, 2)}
+    example = torch.zeros(1, 3, SIZE, SIZE)
+    try:
+        groups = find_groups(model, example)
+        row["groups"] = len(groups)
+        if not groups:
+            return {**row, "ok": False, "failure": "no prunable group"}
+        cost = CostModel.from_model(model, groups, example)
+        counts = uniform_counts(cost, Budget("macs", 0.5))
+        kept = select(model, groups, counts, "l1", seed=0)
+        x = torch.randn(2, 3, SIZE, SIZE)
+        with torch.no_grad(), masked(model, groups, [torch.zeros(1, g.size).index_fill_(1, torch.tensor(k), 1.0)
+                                                     for g, k in zip(groups, kept, strict=True)]):
+            expected = model(x)
+        pruned = prune_model(model, groups, kept, example).eval()
+        with torch.no_grad():
+            error = float((pruned(x) - expected).abs().max() / expected.abs().max().clamp(min=1.0))
+        row["relative_error"] = error
+        macs_ok = cost.macs(np.array(counts)) == count_macs(pruned, (3, SIZE, SIZE))
+        params_ok = cost.params(np.array(counts)) == count_params(pruned)
+        failures = [f for f, bad in (("masked != removed", error > TOLERANCE), ("cost model's MACs", not macs_ok),
+                                     ("cost model's params", not params_ok)) if bad]
+        row.update(ok=not failures, failure="; ".join(failures) or None)
+    except Exception as exc:  # a probe: any failure of the structure layer is the finding
+        row.update(ok=False, failure=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+    row["seconds"] = round(time.perf_counter() - began, 1)
+    return row
+
+
+def _error(value: float | None) -> str:
+    return "" if value is None else f"{value:.1e}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", help="these architectures only")
+    args = parser.parse_args()
+    rows = []
+    for name in args.only or cnn_names():
+        rows.append(probe(name))
+        print(rows[-1], flush=True)
+        gc.collect()
+    passed = [r["arch"] for r in rows if r["ok"]]
+    data = {"environment": environment(torch.device("cpu")), "image_size": SIZE, "tolerance": TOLERANCE,
+            "rows": rows, "passed": passed}
+    lines = [f"| {r['arch']} | {r['params_m']} | {r.get('groups', '')} | {_error(r.get('relative_error'))} | "
+             f"{'exact' if r['ok'] else r['failure']} |" for r in rows]
+    markdown = (f"# Which torchvision CNNs prune exactly\n\n`uv run python -m bench.architectures`: each CNN at "
+                f"{SIZE} pixels, half its MACs kept by uniform l1; masked logits against the physically pruned "
+                f"model's (tolerance {TOLERANCE}), the cost model against the pruned layers. **{len(passed)} of "
+                f"{len(rows)} pass.**\n\n| architecture | params (M) | groups | relative error | result |\n"
+                f"|---|---|---|---|---|\n" + "\n".join(lines) + f"\n\nEnvironment: {data['environment']}.\n")
+    write_results("architectures", data, markdown)
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()

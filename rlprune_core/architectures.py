@@ -1,0 +1,54 @@
+"""The architectures a spec may name, and why torchvision's other CNNs are refused.
+
+``CifarArch`` are the built-in CIFAR-style models (a width multiplier scales them); ``TorchvisionArch`` every
+torchvision classification CNN that prunes exactly. torchvision's VGGs without BatchNorm share their names with
+the built-in VGGs (which have it), so those names mean the built-in ones.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Literal, get_args
+
+CifarArch = Literal["vgg11", "vgg13", "vgg16", "vgg19", "resnet20", "resnet56"]
+# torchvision's classification CNNs that prune exactly (bench/results/architectures.md probes all of them;
+# tests/core/test_torchvision_models.py holds each to every pruning invariant). The others are refused with
+# the reason (REFUSED_ARCHS).
+TorchvisionArch = Literal[
+    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2", "wide_resnet101_2",
+    "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d",
+    "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "mnasnet0_5", "mnasnet0_75", "mnasnet1_0",
+    "mnasnet1_3",
+    "efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3", "efficientnet_b4",
+    "efficientnet_b5", "efficientnet_b6", "efficientnet_b7", "efficientnet_v2_s", "efficientnet_v2_m",
+    "efficientnet_v2_l",
+    "regnet_x_400mf", "regnet_x_800mf", "regnet_x_1_6gf", "regnet_x_3_2gf", "regnet_x_8gf", "regnet_x_16gf",
+    "regnet_x_32gf", "regnet_y_400mf", "regnet_y_800mf", "regnet_y_1_6gf", "regnet_y_3_2gf", "regnet_y_8gf",
+    "regnet_y_16gf", "regnet_y_32gf", "regnet_y_128gf",
+    "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn",
+]
+Arch = Literal[CifarArch, TorchvisionArch]
+_NO_NORM = "has no BatchNorm after its convolutions, and channels are masked after one"
+REFUSED_ARCHS = {
+    **dict.fromkeys(("densenet121", "densenet161", "densenet169", "densenet201"),
+                    "passes channels to later layers by concatenation, which the masking does not follow yet"),
+    **dict.fromkeys(("convnext_tiny", "convnext_small", "convnext_base", "convnext_large"),
+                    "normalises with LayerNorm, and channels are masked after a BatchNorm"),
+    **dict.fromkeys(("alexnet", "squeezenet1_0", "squeezenet1_1"), _NO_NORM),
+    **dict.fromkeys(("shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0"),
+                    "shuffles channels between branches, which the structure layer cannot follow"),
+    **dict.fromkeys(("googlenet", "inception_v3"), "has auxiliary classifiers the cost model does not see"),
+}
+
+
+def architecture_refusal(arch: str) -> str | None:
+    """Why ``arch`` cannot be used (None when it can): the reason for a refused torchvision CNN, the closest
+    known name for an unknown one."""
+    known = get_args(CifarArch) + get_args(TorchvisionArch)
+    if arch in known:
+        return None
+    if arch in REFUSED_ARCHS:
+        return f"{arch} cannot be pruned exactly: it {REFUSED_ARCHS[arch]}"
+    close = difflib.get_close_matches(arch, known, n=1)
+    return (f"unknown architecture {arch[:100]!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+            + " (the supported ones are listed in docs/api.md)")
