@@ -17,7 +17,7 @@ RUN := $(UV) run --frozen --compile-bytecode
 serve: $(filter .tools/bin/uv,$(UV))  ## the API and one worker on an embedded store (SQLite), at http://127.0.0.1:8000 (PORT=… for another port)
 	$(RUN) rlprune serve $(if $(PORT),--port $(PORT))
 
-demo: $(filter .tools/bin/uv,$(UV))  ## prune a VGG-11 on the bundled digits to <= 50 % of its MACs (about a minute on a laptop CPU)
+demo: $(filter .tools/bin/uv,$(UV))  ## prune a VGG-11 on the bundled digits to <= 50 % of its MACs (a few minutes on a laptop CPU)
 	$(RUN) rlprune run examples/digits.json --out runs/digits
 
 # Test files run side by side, one process per core of a 2-core machine (pytest-xdist): most of the suite's

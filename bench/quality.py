@@ -184,8 +184,8 @@ def analyse(cells: dict[str, dict], settings: Iterable[str], methods: list[str],
             epochs: int) -> list[dict]:
     rows = []
     for setting in settings:
-        chosen = {k: v for k, v in cells.items() if v["setting"] == setting and v["recipe"] == recipe
-                  and v["epochs"] == epochs}
+        chosen = {k: v for k, v in cells.items() if v.get("setting") == setting and v.get("recipe") == recipe
+                  and v.get("epochs") == epochs}
         by_point: dict[tuple, dict[str, float]] = {}
         for cell in chosen.values():
             by_point.setdefault((cell["seed"], cell["weights"]), {})[cell["method"]] = float(np.mean(cell["returned"]))

@@ -34,7 +34,7 @@ def report_summary(report: dict) -> Group:
     for name, result in report.get("baselines", {}).items():
         table.add_row(f"{name} baseline accuracy", "", f"{result['pruned_accuracy']:.2%}",
                       f"{result['final_accuracy']:.2%}", "")
-    return Group(table, search_summary(report["search"]))
+    return Group(table, search_summary(report["search"], report.get("finalists")))
 
 
 def _latency_rows(report: dict) -> list[tuple[str, str, str, str]]:
@@ -56,8 +56,9 @@ def _latency_rows(report: dict) -> list[tuple[str, str, str, str]]:
     return rows
 
 
-def search_summary(search: dict) -> Table:
-    """How the kept channels were found: evaluations, the proxy of the result, and what the search cost."""
+def search_summary(search: dict, finalists: dict | None = None) -> Table:
+    """How the kept channels were found: evaluations, the proxy of the result, what the search cost, and,
+    with a finalist stage, whether the search beat the uniform allocation on held-out validation images."""
     table = Table(title="search")
     for column in ("method", "evaluations", "proxy log-likelihood", "proxy accuracy", "seconds", "share of job"):
         table.add_column(column, justify="right")
@@ -69,4 +70,6 @@ def search_summary(search: dict) -> Table:
         f"{seconds:.1f}" if seconds is not None else "",
         f"{search['share_of_job']:.1%}" if "share_of_job" in search else "")
     table.caption = "proxy: the returned network on held-out validation images, before finetuning"
+    if finalists:
+        table.caption += f"\nfinalists: {finalists['winner']} returned; {finalists['reason']}"
     return table

@@ -221,9 +221,9 @@ class FinalistSpec(_Strict):
 
 
 class PruneSpec(_Strict):
-    agent: AgentName = "reinforce"
+    agent: AgentName = "sensitivity"
     budget: BudgetSpec = BudgetSpec()
-    steps: Annotated[int, Field(ge=1, le=100_000)] = 100
+    steps: Annotated[int, Field(ge=1, le=100_000)] = 16
     samples_per_step: Annotated[int, Field(ge=2, le=1024)] = 16
     criterion: CriterionName = Field(
         default="l1", description="how channels are chosen inside a layer once its count is set; the agents "
@@ -238,8 +238,8 @@ class PruneSpec(_Strict):
     bn_recalibration: bool = True
     layer_finetune_steps: Annotated[int, Field(ge=0, le=100_000)] = 20
     proxy: ProxyName = Field(
-        default="log-likelihood", description="what a search scores candidates by before finetuning: the mean "
-        "log-likelihood of the true class, the same at each candidate's best temperature, or top-1")
+        default="calibrated-log-likelihood", description="what a search scores candidates by before finetuning: "
+        "the mean log-likelihood of the true class, the same at each candidate's best temperature, or top-1")
     finalists: FinalistSpec | None = Field(
         default=FinalistSpec(), description="none: the search's best candidate is finetuned and returned as it is")
 
