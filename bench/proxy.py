@@ -86,7 +86,7 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=list(range(4, 12)))
     parser.add_argument("--candidates", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=FINETUNE["epochs"])
-    parser.add_argument("--name", default="proxy", help="results file stem; use another for trial runs")
+    parser.add_argument("--name", default="proxy-validation", help="results file stem; use another for trial runs")
     args = parser.parse_args()
     began = time.perf_counter()
     recipe = FinetuneSpec(**{**FINETUNE, "epochs": args.epochs})
