@@ -43,8 +43,10 @@ def render(code: int, measured: dict) -> str:
 
 def main() -> None:
     code, measured = measure()
-    write_results("isolation", {"environment": environment(torch.device("cpu")), "pytest_exit_code": code,
-                                "measured": measured}, render(code, measured))
+    where = environment(torch.device("cpu"))
+    write_results("isolation", {"environment": where, "pytest_exit_code": code, "measured": measured},
+                  render(code, measured) + f"\n\nEnvironment: {where}; load average at the end "
+                  f"{os.getloadavg()[0]:.1f} (what else the machine was running).\n")
     sys.exit(code)
 
 
