@@ -178,6 +178,10 @@ def test_submit_shows_field_errors_then_follows_the_job_live(browser, service, t
     assert browser.js("document.querySelectorAll('#layers svg rect.after').length") == len(report["layers"])
     assert browser.js("document.querySelectorAll('#comparison tbody tr').length") == 5
     assert browser.js("[...document.querySelectorAll('#baseline-table tr')].map(r => r.dataset.baseline)")[-1] == "l1"
+    # the finalist stage: every finalist, and which was returned and why
+    assert browser.js("[...document.querySelectorAll('#finalist-table tbody tr')].map(r => r.dataset.finalist)") == [
+        f["name"] for f in report["finalists"]["finalists"]]
+    assert report["finalists"]["winner"] in browser.js("document.querySelector('#finalists-reason').textContent")
     assert browser.js("[...document.querySelectorAll('#timeline li[data-stage]')]"
                       ".every(li => li.dataset.state === 'done')")
 

@@ -38,6 +38,7 @@ export function renderJob(main, jobId, { navigate }) {
   const layersBox = h("div", { id: "layers" }, h("p.muted", {}, "The per-layer channel counts appear when the job succeeds."));
   const baselinesBox = h("div", { id: "baselines" }, h("p.muted", {}, "No baseline results yet."));
   const searchInfo = h("p.small.muted", { id: "search-info" });
+  const finalistsBox = h("div.small", { id: "finalists" });
   const chartBoxes = {
     pretrain: h("div.chart", { id: "chart-pretrain" }),
     finetune: h("div.chart", { id: "chart-finetune" }),
@@ -55,7 +56,7 @@ export function renderJob(main, jobId, { navigate }) {
       h("section.card", {}, h("h2", {}, "Pretraining"), chartBoxes.pretrain),
       h("section.card", {}, h("h2", {}, "Finetuning"), chartBoxes.finetune)),
     h("div.grid2", {},
-      h("section.card", {}, h("h2", {}, "Channel search"), chartBoxes.search, searchInfo),
+      h("section.card", {}, h("h2", {}, "Channel search"), chartBoxes.search, searchInfo, finalistsBox),
       h("section.card", {}, h("h2", {}, "Before → after"), summary)),
     h("div.grid2", {},
       h("section.card", {}, h("h2", {}, "Channels per layer"), layersBox),
@@ -219,9 +220,23 @@ export function renderJob(main, jobId, { navigate }) {
       search.proxy?.held_out?.accuracy !== undefined && `held-out proxy accuracy ${pct(search.proxy.held_out.accuracy)}`,
     ].filter(Boolean);
     searchInfo.textContent = facts.join(" · ");
+    if (report.finalists) fill(finalistsBox, finalists(report.finalists));
     fill(summary, comparison(report));
     if (report.layers?.length) fill(layersBox, layerBars(report.layers));
     fill(baselinesBox, baselines(report));
+  }
+
+  // What the search bought on this model: every finalist's validation accuracy, and which was returned and why.
+  function finalists(section) {
+    return [
+      h("p", { id: "finalists-reason" }, `Returned: ${section.winner}. ${section.reason}.`),
+      h("table", { id: "finalist-table" },
+        h("thead", {}, h("tr", {}, ["finalist", "validation accuracy", "channels"].map((t) => h("th", {}, t)))),
+        h("tbody", {}, section.finalists.map((f) => h("tr", { dataset: { finalist: f.name } },
+          h("td", {}, f.name === section.winner ? `${f.name} (returned)` : f.name),
+          h("td.num", {}, pct(f.val_accuracy)),
+          h("td.mono.small", {}, Object.values(f.channels).join(" ")))))),
+    ];
   }
 
   function showArtifacts(items) {
