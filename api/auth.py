@@ -19,7 +19,7 @@ from fastapi import Depends, FastAPI, Request
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from store.keys import KEY_PREFIX, hash_key, tenant_for_key
+from store.keys import KEY_PREFIX, hash_key, key_standing
 
 from .problems import Problem, send_problem
 
@@ -38,37 +38,44 @@ def is_public(path: str) -> bool:
     return path in PUBLIC or path in PUBLIC_UI or path.startswith(("/ui/", *PUBLIC_ASSETS))
 
 
+Standing = tuple[str | None, bool]  # (the tenant of a live key, whether the key was revoked)
+
+
+REVOKED = "the API key has been revoked; ask whoever runs the service for a new one"
+UNKNOWN = "the API key is not known here: check that it was copied whole and that this is the right service"
+
+
 class KeyCache:
-    """key hash -> (tenant or None, when the entry expires); bounded, least recently used out first, so a
+    """key hash -> (its standing, when the entry expires); bounded, least recently used out first, so a
     flood of random keys can neither grow it nor push the keys in use out of it."""
 
     def __init__(self, sessions: sessionmaker[Session]):
         self.sessions = sessions
-        self.entries: OrderedDict[str, tuple[str | None, float]] = OrderedDict()
+        self.entries: OrderedDict[str, tuple[Standing, float]] = OrderedDict()
         self.lock = threading.Lock()
 
-    def cached(self, key: str) -> tuple[bool, str | None]:
-        """(found, tenant) from memory alone: cheap enough to ask on the event loop."""
+    def cached(self, key: str) -> Standing | None:
+        """The key's standing from memory alone (None: not known here): cheap enough for the event loop."""
         digest = hash_key(key)
         with self.lock:
             hit = self.entries.get(digest)
             if hit is not None and hit[1] > time.monotonic():
                 self.entries.move_to_end(digest)
-                return True, hit[0]
-        return False, None
+                return hit[0]
+        return None
 
-    def lookup(self, key: str) -> str | None:
-        """The key's tenant from the database, remembered for CACHE_SECONDS (blocking: run it in a thread
+    def lookup(self, key: str) -> Standing:
+        """The key's standing from the database, remembered for CACHE_SECONDS (blocking: run it in a thread
         when ``cached`` had no fresh answer)."""
         digest, now = hash_key(key), time.monotonic()
         with self.sessions() as session:
-            tenant = tenant_for_key(session, key)
+            standing = key_standing(session, key)
         with self.lock:
-            self.entries[digest] = (tenant, now + CACHE_SECONDS)
+            self.entries[digest] = (standing, now + CACHE_SECONDS)
             self.entries.move_to_end(digest)
             while len(self.entries) > CACHE_ENTRIES:
                 self.entries.popitem(last=False)
-        return tenant
+        return standing
 
 
 def bearer_key(scope: Scope) -> str | None:
@@ -95,12 +102,17 @@ class AuthMiddleware:
             await send_problem(send, scope["path"], Problem(401, "send an API key as 'Authorization: Bearer <key>'",
                                                             headers=CHALLENGE))
             return
-        found, tenant = self.keys.cached(key) if KEY_FORMAT.fullmatch(key) else (True, None)
-        if not found:  # on threads of its own: a burst of slow requests must not hold up who they are
-            tenant = await anyio.to_thread.run_sync(self.keys.lookup, key, limiter=self.threads)
-        if tenant is None:
+        if not KEY_FORMAT.fullmatch(key):
             await send_problem(send, scope["path"], Problem(
-                401, "the API key was not accepted: it is unknown or has been revoked", headers=CHALLENGE))
+                401, f"the API key is malformed: keys are {KEY_PREFIX} and 43 more letters, digits, '-' or '_'",
+                headers=CHALLENGE))
+            return
+        standing = self.keys.cached(key)
+        if standing is None:  # on threads of its own: a burst of slow requests must not hold up who they are
+            standing = await anyio.to_thread.run_sync(self.keys.lookup, key, limiter=self.threads)
+        tenant, revoked = standing
+        if tenant is None:
+            await send_problem(send, scope["path"], Problem(401, REVOKED if revoked else UNKNOWN, headers=CHALLENGE))
             return
         scope.setdefault("state", {})["tenant"] = tenant
         await self.app(scope, receive, send)

@@ -45,3 +45,12 @@ def list_api_keys(session: Session) -> list[ApiKey]:
 
 def tenant_for_key(session: Session, key: str) -> str | None:
     return session.scalar(select(ApiKey.tenant).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None)))
+
+
+def key_standing(session: Session, key: str) -> tuple[str | None, bool]:
+    """(the key's tenant while it is live, whether it was revoked): a caller with a revoked key is told so,
+    which needs the whole key to learn and so tells no one else anything."""
+    row = session.execute(select(ApiKey.tenant, ApiKey.revoked_at).where(ApiKey.key_hash == hash_key(key))).first()
+    if row is None:
+        return None, False
+    return (None, True) if row.revoked_at is not None else (row.tenant, False)

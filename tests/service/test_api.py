@@ -17,7 +17,7 @@ import api.auth
 from api.app import create_app
 from store import leases
 from store.db import transaction
-from store.keys import create_api_key
+from store.keys import create_api_key, revoke_api_keys
 from store.models import Artifact, Job
 from store.settings import Settings
 
@@ -72,11 +72,22 @@ def test_a_malformed_key_is_refused_without_a_lookup_and_used_keys_outlive_a_flo
         assert response.status_code == 401 and response.headers["content-type"] == "application/problem+json"
     monkeypatch.setattr(api.auth, "CACHE_ENTRIES", 8)
     cache = api.auth.KeyCache(app.state.services.sessions)
-    assert cache.lookup(keys["alice"]) == "alice"
+    assert cache.lookup(keys["alice"]) == ("alice", False)
     for _ in range(40):  # random keys, each looked up once, while alice keeps working
-        assert cache.lookup(f"rlp_{uuid.uuid4().hex}") is None
-        assert cache.cached(keys["alice"]) == (True, "alice")
+        assert cache.lookup(f"rlp_{uuid.uuid4().hex}") == (None, False)
+        assert cache.cached(keys["alice"]) == ("alice", False)
     assert len(cache.entries) == 8
+
+
+def test_a_missing_a_malformed_an_unknown_and_a_revoked_key_are_told_apart(service):
+    app, client, _ = service
+    with transaction(app.state.services.sessions) as session:
+        _, revoked = create_api_key(session, "old", "dave")
+        revoke_api_keys(session, tenant="dave")
+    details = [client.get("/jobs", headers=headers).json()["detail"] for headers in (
+        {}, auth("rlp_short"), auth("rlp_" + "x" * 43), auth(revoked))]
+    assert ["API key as" in details[0], "malformed" in details[1], "not known" in details[2],
+            "revoked" in details[3]] == [True] * 4
 
 
 def test_a_body_is_never_read_before_the_key_is_checked(service):
