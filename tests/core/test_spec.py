@@ -12,6 +12,8 @@ from pydantic import BaseModel, ValidationError
 from rlprune_core.errors import SpecError
 from rlprune_core.spec import JobSpec
 
+from ..support.paths import REPO
+
 
 def test_empty_spec_means_vgg16_on_cifar10_at_half_the_macs():
     spec = JobSpec.from_text("{}")
@@ -156,3 +158,8 @@ def test_a_refused_architecture_is_told_why_in_one_short_line(arch, words):
         JobSpec.from_text(json.dumps({"model": {"arch": arch}}))
     assert str(refused.value).startswith("model.arch: ") and words in str(refused.value)
     assert len(str(refused.value)) < 200
+
+
+@pytest.mark.parametrize("example", sorted((REPO / "examples").glob("*.json")), ids=lambda p: p.name)
+def test_every_example_spec_validates(example):
+    JobSpec.from_file(example)
