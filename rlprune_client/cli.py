@@ -246,7 +246,10 @@ def _table(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> int:
 
 
 def _follow(client: Client, job: Job) -> int:
-    """A bar per stage while the job runs, then the summary table ``rlprune run`` prints."""
+    """Where it stands while queued, a bar per stage while it runs, then the summary ``rlprune run`` prints."""
+    if job.status == "queued" and (ahead := client.queue_place(job.id).ahead) is not None:
+        err.print(f"queued: {ahead} job{'s' if ahead != 1 else ''} ahead of it" if ahead else
+                  "queued: next for a free worker")
     with StageBars() as bars:
         job = client.wait(job.id, on_event=bars.show)
     if job.status != "succeeded":

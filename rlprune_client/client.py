@@ -16,7 +16,19 @@ import httpx
 from httpx_sse import SSEError, connect_sse
 
 from .errors import ApiError
-from .models import Artifact, Checkpoint, Dataset, Delivery, DeliveryPage, Event, Job, JobPage, Webhook, WebhookCreated
+from .models import (
+    Artifact,
+    Checkpoint,
+    Dataset,
+    Delivery,
+    DeliveryPage,
+    Event,
+    Job,
+    JobPage,
+    QueuePlace,
+    Webhook,
+    WebhookCreated,
+)
 
 CHUNK_BYTES = 1 << 20
 UPLOAD_READ_SECONDS = 900.0  # the API answers an upload once it has checked it: every image of a dataset decoded
@@ -60,6 +72,10 @@ class Client:
             page = JobPage.model_validate(self._request("GET", path, params=params).json())
             yield from page.items
             path, params = page.next, {}  # the next link carries the query
+
+    def queue_place(self, job_id: str) -> QueuePlace:
+        """How many queued jobs were accepted before this one (``ahead`` is None once it is not queued)."""
+        return QueuePlace.model_validate(self._request("GET", f"/jobs/{job_id}/queue").json())
 
     def cancel(self, job_id: str) -> Job:
         return Job.model_validate(self._request("POST", f"/jobs/{job_id}/cancel").json())

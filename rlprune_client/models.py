@@ -35,6 +35,14 @@ class Job(BaseModel):
         return self.status in FINISHED
 
 
+class QueuePlace(BaseModel):
+    """Where a queued job stands: ``ahead`` queued jobs (of every tenant) were accepted before it; None once
+    it is no longer queued."""
+
+    status: str
+    ahead: int | None
+
+
 class JobPage(BaseModel):
     items: list[Job]
     next: str | None  # a relative link to the next page, when this one is full

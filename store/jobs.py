@@ -121,6 +121,15 @@ def get_job(session: Session, tenant: str, job_id: str) -> Job | None:
     return session.scalar(job_query(tenant, job_id))
 
 
+def jobs_ahead(session: Session, job: Job) -> int | None:
+    """How many queued jobs, of every tenant, were accepted before this one (workers take them in about that
+    order); None once it is no longer queued. A count only: nothing about whose they are."""
+    if job.status != JobStatus.QUEUED:
+        return None
+    earlier = or_(Job.created_at < job.created_at, and_(Job.created_at == job.created_at, Job.id < job.id))
+    return session.scalar(select(func.count()).select_from(Job).where(Job.status == JobStatus.QUEUED, earlier)) or 0
+
+
 # The same job as a plain row of its columns, for readers that need no ORM object. Built once, with bound
 # parameters ``job_id`` and ``tenant``: building a statement costs more than SQLite takes to run it.
 JOB_ROW = select(*Job.__table__.columns).where(Job.__table__.c.id == bindparam("job_id"),

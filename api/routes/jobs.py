@@ -14,8 +14,10 @@ from typing import Annotated, Any, Literal, get_args
 import anyio.from_thread
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import FileResponse
+from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse
 
+from rlprune_client.models import QueuePlace
 from rlprune_core.architectures import CifarArch
 from rlprune_core.footprint import dataset_bytes, training_bytes
 from rlprune_core.spec import JobSpec
@@ -156,6 +158,17 @@ def report(job_id: str, tenant: TenantDep, services: ServicesDep) -> dict[str, A
     if job.metrics is None:
         raise Problem(404, f"the job is {job.status} and has no report")
     return job.metrics
+
+
+@router.get("/{job_id}/queue", response_model=QueuePlace, name="queue")
+def queue(job_id: str, tenant: TenantDep, services: ServicesDep) -> QueuePlace:
+    """Where a queued job stands: a count of the queued jobs accepted before it. Apart from ``GET
+    /jobs/{id}`` because it changes when other jobs do, which that body's ETag and cache do not follow."""
+    def place(session: Session, id_: str) -> QueuePlace | None:
+        job = jobs.get_job(session, tenant, id_)
+        return None if job is None else QueuePlace(status=job.status, ahead=jobs.jobs_ahead(session, job))
+
+    return owned(services.sessions, place, job_id, NOT_FOUND)
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses={409: {"description": "already finished",

@@ -278,6 +278,20 @@ def test_an_oversized_last_event_id_is_a_problem(service):
     assert response.status_code == 422 and response.json()["errors"][0]["field"] == "header.last-event-id"
 
 
+def test_a_queued_job_knows_how_many_jobs_are_ahead_of_it(service):
+    _, client, keys = service
+    first, second = (submit(client, keys[who]).json()["id"] for who in ("bob", "alice"))
+    place = {job: client.get(f"/jobs/{job}/queue", headers=auth(keys[who])).json()
+             for job, who in ((first, "bob"), (second, "alice"))}
+    assert place[first]["status"] == "queued" and place[second]["ahead"] == place[first]["ahead"] + 1
+    client.post(f"/jobs/{first}/cancel", headers=auth(keys["bob"]))
+    assert client.get(f"/jobs/{second}/queue", headers=auth(keys["alice"])).json()["ahead"] == place[first]["ahead"]
+    assert client.get(f"/jobs/{first}/queue", headers=auth(keys["bob"])).json() == {"status": "cancelled",
+                                                                                   "ahead": None}
+    assert client.get(f"/jobs/{first}/queue", headers=auth(keys["alice"])).status_code == 404
+    client.post(f"/jobs/{second}/cancel", headers=auth(keys["alice"]))
+
+
 def test_cancel_delete_and_their_conflicts(service):
     _, client, keys = service
     job = submit(client, keys["alice"]).json()
