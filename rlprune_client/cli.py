@@ -261,14 +261,16 @@ def _follow(client: Client, job: Job) -> int:
 
 
 class StageBars:
-    """One progress bar per stage, filled from the events: epochs for pretrain and finetune, search steps
-    for prune; a stage's bar completes when the next one starts."""
+    """Progress bars filled from the events: epochs for pretrain and finetune, search steps for prune. Each
+    network a stage trains gets a bar of its own (the returned network, each finalist, each baseline), so a
+    bar never runs backwards; a bar completes when the next one starts."""
 
     def __init__(self) -> None:
-        self.progress = Progress(TextColumn("[bold]{task.fields[stage]:<9}"), BarColumn(),
+        self.progress = Progress(TextColumn("[bold]{task.fields[label]:<9}"), BarColumn(),
                                  TextColumn("{task.percentage:>5.1f}%"), TimeElapsedColumn(),
                                  TextColumn("{task.description}"), console=err)
-        self.tasks: dict[str, TaskID] = {}
+        self.tasks: list[TaskID] = []
+        self.current: dict[str, tuple[TaskID, str | None]] = {}  # stage -> its latest bar and that bar's run
 
     def __enter__(self) -> StageBars:
         self.progress.start()
@@ -283,15 +285,31 @@ class StageBars:
         if event.stage is None:  # the job's own events (accepted, completed): a line each
             self.progress.console.print(event.message)
             return
-        if event.stage not in self.tasks:
-            self._complete_all()
-            self.tasks[event.stage] = self.progress.add_task(event.message, total=1.0, stage=event.stage)
+        task = self._bar(event.stage, event.data.get("run") if isinstance(event.data.get("run"), str) else None)
         done = _fraction(event.data)
-        self.progress.update(self.tasks[event.stage], description=event.message,
-                             **({"completed": done} if done is not None else {}))
+        self.progress.update(task, description=event.message, **({"completed": done} if done is not None else {}))
+
+    def _bar(self, stage: str, run: str | None) -> TaskID:
+        """The bar for this stage and run: a stage's first bar takes the first run named in it, and each
+        later run starts a new bar."""
+        current = self.current.get(stage)
+        if current is None:
+            self._complete_all()
+        elif run is None or run == current[1]:
+            return current[0]
+        elif current[1] is None:  # the stage's bar, started before any run was named: now that run's
+            self.current[stage] = (current[0], run)
+            return current[0]
+        else:
+            self.progress.update(current[0], completed=1.0)
+        label = stage if run is None or run == "model" else f"{stage} · {run}"
+        task = self.progress.add_task("", total=1.0, label=label)
+        self.tasks.append(task)
+        self.current[stage] = (task, run)
+        return task
 
     def _complete_all(self) -> None:
-        for task in self.tasks.values():
+        for task in self.tasks:
             self.progress.update(task, completed=1.0)
 
 

@@ -11,12 +11,25 @@ import socket
 import subprocess
 import sys
 import threading
+from datetime import UTC, datetime
 
 import httpx
 import pytest
 
 from api.app import create_app
-from rlprune_client import FINISHED, ApiError, Checkpoint, Client, Dataset, Delivery, Job, Webhook, WebhookCreated
+from rlprune_client import (
+    FINISHED,
+    ApiError,
+    Checkpoint,
+    Client,
+    Dataset,
+    Delivery,
+    Event,
+    Job,
+    Webhook,
+    WebhookCreated,
+)
+from rlprune_client.cli import StageBars
 from store.models import FINISHED as SERVER_FINISHED
 from store.settings import Settings
 
@@ -276,3 +289,19 @@ def test_an_artifact_name_that_could_leave_the_folder_is_never_written(tmp_path,
     with pytest.raises(ApiError, match=r"Unsafe artifact name|no artifact"):
         client.download("job", "all", tmp_path / "out")
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_each_network_a_stage_trains_gets_its_own_bar():
+    """The finetune bar never runs backwards when a finalist's or a baseline's finetune starts."""
+    def event(i: int, kind: str, stage: str, **data) -> Event:
+        return Event(id=i, at=datetime.now(UTC), type=kind, stage=stage, message=kind, data=data)
+
+    bars = StageBars()
+    with bars:
+        for i, (kind, stage, data) in enumerate([
+                ("stage", "finetune", {}), ("epoch", "finetune", {"run": "model", "epoch": 2, "epochs": 2}),
+                ("epoch", "finetune", {"run": "baseline l1", "epoch": 1, "epochs": 4}),
+                ("epoch", "finetune", {"run": "model", "epoch": 2, "epochs": 2})]):
+            bars.show(event(i, kind, stage, **data))
+    shown = [(t.fields["label"], t.completed) for t in bars.progress.tasks]
+    assert shown == [("finetune", 1.0), ("finetune · baseline l1", 1.0), ("finetune", 1.0)]
