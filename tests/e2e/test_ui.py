@@ -192,6 +192,9 @@ def test_submit_shows_field_errors_then_follows_the_job_live(browser, service, t
     assert colour_pixels(browser, "#chart-pretrain", ORANGE) > 20
     assert colour_pixels(browser, "#chart-search", GREEN) > 20
 
+    # the spec as the service holds it, and "Clone and edit" carries it into Submit
+    held = client.get(f"/jobs/{job_id}").json()["spec"]
+    assert yaml.safe_load(browser.js("document.querySelector('#job-spec').textContent")) == held
     events = all_events(client, job_id)
     browser.wait(f"document.querySelectorAll('#events tbody tr').length === {len(events)}")
     assert browser.js("document.querySelector('#events tbody tr').dataset.type") == "succeeded"
@@ -230,6 +233,17 @@ def confirm(browser: Browser, button: str) -> None:
     browser.click(button)
     browser.wait("!!document.querySelector('dialog.confirm[open]')")
     browser.click("dialog.confirm[open] button[data-answer='yes']")
+
+
+def test_clone_and_edit_carries_a_job_s_spec_into_submit(browser, service):
+    base, key, client = service
+    job_id = STATE.get("job") or pytest.skip("needs the job of the submit test")
+    sign_in(browser, base, key, f"/ui/jobs/{job_id}")
+    browser.wait("document.querySelector('#job-spec')?.textContent.includes('model:')")
+    browser.click("#clone-job")
+    browser.wait("location.pathname === '/ui/submit' && document.querySelector('#spec')?.value.includes('model:')")
+    assert yaml.safe_load(browser.js("document.querySelector('#spec').value")) == client.get(
+        f"/jobs/{job_id}").json()["spec"]
 
 
 def test_cancel_a_running_and_a_queued_job(browser, service):

@@ -5,6 +5,8 @@ import { download, getJson, request } from "../api.js";
 import { COLORS, LineChart, layerBars } from "../charts.js";
 import { FINISHED, bytes, confirmDialog, count, duration, fill, h, ms, pct, statusBadge } from "../dom.js";
 import { followEvents } from "../sse.js";
+import { dump as dumpYaml } from "../../vendor/js-yaml.mjs";
+import { CLONE_KEY } from "./submit.js";
 
 const STAGES = ["pretrain", "prune", "finetune", "export"];
 const MAX_LOG_ROWS = 1000;
@@ -30,6 +32,11 @@ export function renderJob(main, jobId, { navigate }) {
   const live = h("span.live.small", { id: "live" });
   const cancelButton = h("button.danger", { id: "cancel-job", type: "button", hidden: true, onclick: cancel }, "Cancel job");
   const deleteButton = h("button.danger", { id: "delete-job", type: "button", hidden: true, onclick: remove }, "Delete job");
+  const specBox = h("pre.spec.small", { id: "job-spec" });
+  const cloneButton = h("button.quiet", { id: "clone-job", type: "button", onclick: () => {
+    sessionStorage.setItem(CLONE_KEY, specBox.textContent);
+    navigate("/ui/submit");
+  } }, "Clone and edit");
   const error = h("p.error", { id: "job-error", role: "alert" });
   const timeline = h("ol.timeline", { id: "timeline" });
   const summary = h("div", { id: "summary" });
@@ -62,6 +69,8 @@ export function renderJob(main, jobId, { navigate }) {
       h("section.card", {}, h("h2", {}, "Channels per layer"), layersBox),
       h("section.card", {}, h("h2", {}, "Baselines at the same budget"), baselinesBox)),
     h("section.card", {}, h("h2", {}, "Artifacts"), artifactsBox),
+    h("section.card", {}, h("div.toolbar", {}, h("h2", {}, "Spec"), h("span.spacer"), cloneButton),
+      h("p.small.muted", {}, "As the service holds it: every field, defaults included."), specBox),
     h("section.card", {}, h("h2", {}, "Events"),
       h("div.log", {}, h("table.events", { id: "events" },
         h("thead", {}, h("tr", {}, ["time", "type", "stage", "message"].map((t) => h("th", {}, t)))), logBody))));
@@ -91,6 +100,7 @@ export function renderJob(main, jobId, { navigate }) {
     cancelButton.hidden = !["queued", "running"].includes(job.status);
     deleteButton.hidden = !FINISHED.has(job.status);
     error.textContent = job.error ? `${job.error.code}: ${job.error.message}` : "";
+    specBox.textContent = dumpYaml(job.spec, { sortKeys: false });
     drawTimeline();
     if (FINISHED.has(job.status) && !resultsShown) {
       resultsShown = true;

@@ -15,6 +15,9 @@ export function parseSpec(text) {
   return loadYaml(text);
 }
 
+/** Where the job page leaves a spec for "Clone and edit" (this tab only, read once). */
+export const CLONE_KEY = "rlprune.clone";
+
 export function renderSubmit(main, { navigate }) {
   const editor = h("textarea", { id: "spec", spellcheck: false, rows: 26, "aria-describedby": "spec-errors",
     placeholder: "name: my-job\nmodel: {arch: vgg11, width: 0.25}\ndataset: {name: digits}\n…" });
@@ -70,6 +73,11 @@ export function renderSubmit(main, { navigate }) {
     }
   }
 
+  const cloned = sessionStorage.getItem(CLONE_KEY);
+  if (cloned !== null) {
+    sessionStorage.removeItem(CLONE_KEY);
+    editor.value = cloned;
+  }
   fill(main, h("form.card.submit", { id: "submit-form", onsubmit: submit },
     h("div.toolbar", {}, h("h1", {}, "Submit a job"), h("span.spacer"), picker),
     h("p.muted", {}, "A job spec in JSON or YAML. Every field has a default; unknown fields are rejected."),
