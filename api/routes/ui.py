@@ -71,6 +71,11 @@ async def submit_page() -> FileResponse:
     return _index()
 
 
+@router.get("/ui/compare")
+async def compare_page() -> FileResponse:
+    return _index()
+
+
 @router.get("/ui/jobs/{job_id}")
 async def job_page(job_id: str) -> FileResponse:
     """Any id gets the page; whether the job exists (for this key) is the API's answer, asked by the page."""

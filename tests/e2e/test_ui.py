@@ -269,6 +269,26 @@ def test_cancel_a_running_and_a_queued_job(browser, service):
     STATE["cancelled"] = queued["id"]
 
 
+def test_two_jobs_compared_side_by_side(browser, service):
+    base, key, client = service
+    done, other = STATE.get("job"), STATE.get("cancelled")
+    if not (done and other):
+        pytest.skip("needs the jobs of the submit and cancel tests")
+    sign_in(browser, base, key, "/ui")
+    for job_id in (done, other):
+        browser.wait(f"!!document.querySelector('input[data-compare=\"{job_id}\"]')")
+        browser.click(f"input[data-compare=\"{job_id}\"]")
+    browser.wait("!document.querySelector('#compare-jobs').disabled")
+    browser.click("#compare-jobs")
+    heads = "[...document.querySelectorAll('#compare-table th[data-job-id]')].map(t => t.dataset.jobId)"
+    assert sorted(browser.wait(f"{heads}.length === 2 && {heads}")) == sorted([done, other])
+    layers = client.get(f"/jobs/{done}/report").json()["layers"]
+    column = browser.js(f"{heads}.indexOf({json.dumps(done)})")
+    cells = browser.js("[...document.querySelectorAll('#compare-table tr[data-row=\"channels per layer\"] td')]"
+                       ".map(td => td.textContent)")
+    assert cells[column] == " ".join(str(layer["channels_after"]) for layer in layers)
+
+
 def test_jobs_page_filters_pages_and_deletes(browser, service):
     base, key, client = service
     sign_in(browser, base, key, "/ui?limit=1")

@@ -1,7 +1,8 @@
-// The dashboard's entry point: sign-in, and client-side routing between the three pages. Every page is
+// The dashboard's entry point: sign-in, and client-side routing between the pages. Every page is
 // served as the same index.html, so a copied link (/ui/jobs/<id>) opens the right page.
 
 import { clearKey, getKey, handleUnauthorized, setKey } from "./api.js";
+import { renderCompare } from "./pages/compare.js";
 import { renderJob } from "./pages/job.js";
 import { renderJobs } from "./pages/jobs.js";
 import { renderSignIn } from "./pages/signin.js";
@@ -41,6 +42,7 @@ function render(notice = "") {
   const context = { navigate };
   let match;
   if (path === "/ui/submit") cleanup = renderSubmit(main, context);
+  else if (path === "/ui/compare") cleanup = renderCompare(main, context);
   else if ((match = path.match(/^\/ui\/jobs\/([^/]+)$/))) cleanup = renderJob(main, decodeURIComponent(match[1]), context);
   else cleanup = renderJobs(main, context);
   for (const link of document.querySelectorAll("#nav a")) {

@@ -6,6 +6,7 @@ import { COLORS, LineChart, layerBars } from "../charts.js";
 import { FINISHED, bytes, confirmDialog, count, duration, fill, h, ms, pct, statusBadge } from "../dom.js";
 import { followEvents } from "../sse.js";
 import { dump as dumpYaml } from "../../vendor/js-yaml.mjs";
+import { speedup } from "./compare.js";
 import { CLONE_KEY } from "./submit.js";
 
 const STAGES = ["pretrain", "prune", "finetune", "export"];
@@ -307,7 +308,7 @@ function comparison(report) {
   const ratio = (label, before, after) => {
     if (before === undefined || after === undefined || before === null || after === null) return "";
     if (label === "accuracy") return `${after >= before ? "+" : ""}${(100 * (after - before)).toFixed(2)} pt`;
-    if (label.startsWith("latency")) return `${(before / after).toFixed(2)}× faster`;
+    if (label.startsWith("latency")) return speedup(report, label.endsWith("64") ? "64" : "1");
     return `${(after / before).toFixed(3)}×`;
   };
   const budget = report.budget;

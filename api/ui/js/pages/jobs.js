@@ -3,6 +3,7 @@
 
 import { getJson } from "../api.js";
 import { age, fill, h, pct, statusBadge } from "../dom.js";
+import { MAX_COMPARED } from "./compare.js";
 
 const STATUSES = ["", "queued", "running", "cancelling", "succeeded", "failed", "cancelled"];
 const REFRESH_MS = 3000;
@@ -14,11 +15,14 @@ export function macsKept(metrics) {
   return metrics.budget?.metric === "macs" ? metrics.budget.achieved ?? null : null;
 }
 
-function jobRow(job, now) {
+function jobRow(job, now, chosen, onChoose) {
   const m = job.metrics || {};
   const before = m.baseline?.accuracy, after = m.final?.accuracy;
   const link = h("a", { href: `/ui/jobs/${encodeURIComponent(job.id)}`, dataset: { link: "" } }, job.name);
+  const box = h("input", { type: "checkbox", checked: chosen.has(job.id), dataset: { compare: job.id },
+    "aria-label": `compare ${job.name}`, onchange: () => onChoose(job.id, box.checked) });
   return h("tr", { dataset: { jobId: job.id, status: job.status } },
+    h("td", {}, box),
     h("td.name", {}, link, h("div.muted.small.mono", {}, job.id.slice(0, 8))),
     h("td", {}, statusBadge(job.status)),
     h("td", {}, job.stage || "–"),
@@ -40,6 +44,15 @@ export function renderJobs(main, { navigate }) {
   let stopped = false;
 
   const body = h("tbody");
+  const chosen = new Set(); // kept across refreshes and pages
+  const compareButton = h("button.quiet", { id: "compare-jobs", type: "button", disabled: true,
+    onclick: () => navigate(`/ui/compare?ids=${[...chosen].join(",")}`) }, "Compare");
+  function choose(id, on) {
+    if (on && chosen.size >= MAX_COMPARED) { load(); return; } // the box unticks on the redraw
+    if (on) chosen.add(id); else chosen.delete(id);
+    compareButton.disabled = chosen.size < 2;
+    compareButton.textContent = chosen.size ? `Compare ${chosen.size}` : "Compare";
+  }
   const info = h("span.muted.small", { id: "jobs-info" });
   const error = h("p.error", { role: "alert" });
   const prev = h("button.quiet", { id: "prev-page", type: "button", onclick: () => { pages.pop(); load(); } }, "← Newer");
@@ -62,8 +75,8 @@ export function renderJobs(main, { navigate }) {
       if (stopped) return;
       next = page.next;
       const now = Date.now();
-      fill(body, page.items.length ? page.items.map((job) => jobRow(job, now))
-        : h("tr", {}, h("td.empty", { colSpan: 7 }, status ? `No ${status} jobs.` : "No jobs yet. ", status ? "" : h("a", { href: "/ui/submit", dataset: { link: "" } }, "Submit one."))));
+      fill(body, page.items.length ? page.items.map((job) => jobRow(job, now, chosen, choose))
+        : h("tr", {}, h("td.empty", { colSpan: 8 }, status ? `No ${status} jobs.` : "No jobs yet. ", status ? "" : h("a", { href: "/ui/submit", dataset: { link: "" } }, "Submit one."))));
       prev.disabled = pages.length === 1;
       nextButton.disabled = !next;
       info.textContent = `page ${pages.length} · refreshed ${new Date(now).toLocaleTimeString()}`;
@@ -78,10 +91,11 @@ export function renderJobs(main, { navigate }) {
   fill(main,
     h("section.card", {},
       h("div.toolbar", {}, h("h1", {}, "Jobs"), h("label.inline", {}, "Status ", filter), info,
-        h("span.spacer"), h("button.primary", { type: "button", onclick: () => navigate("/ui/submit") }, "New job")),
+        h("span.spacer"), compareButton,
+        h("button.primary", { type: "button", onclick: () => navigate("/ui/submit") }, "New job")),
       error,
       h("table.jobs", { id: "jobs" },
-        h("thead", {}, h("tr", {}, ["name", "status", "stage", "progress", "accuracy before → after", "MACs kept", "age"]
+        h("thead", {}, h("tr", {}, ["", "name", "status", "stage", "progress", "accuracy before → after", "MACs kept", "age"]
           .map((t) => h("th", {}, t)))),
         body),
       h("div.pager", {}, prev, nextButton)));
