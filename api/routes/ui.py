@@ -72,7 +72,9 @@ async def submit_page() -> FileResponse:
 
 
 @router.get("/ui/compare")
-async def compare_page() -> FileResponse:
+@router.get("/ui/data")
+@router.get("/ui/webhooks")
+async def other_pages() -> FileResponse:
     return _index()
 
 

@@ -22,6 +22,7 @@ from ..support.jobs import all_events, finished, wait_for
 from ..support.paths import REPO
 from ..support.serving import served_api
 from ..support.specs import tiny_spec
+from ..support.uploads import image_folder, zipped
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +45,7 @@ def chromium() -> str:
 def service(chromium, tmp_path_factory):
     """API + one worker on a SQLite store; yields (base URL, key, client with that key)."""
     settings = {"RLPRUNE_BROKER_URL": fresh_redis(7), "RLPRUNE_LEASE_SECONDS": "4", "RLPRUNE_HEARTBEAT_SECONDS": "1",
-                "RLPRUNE_PROGRESS_INTERVAL_SECONDS": "0.2"}
+                "RLPRUNE_PROGRESS_INTERVAL_SECONDS": "0.2", "RLPRUNE_WEBHOOK_ALLOW_PRIVATE": "true"}
     with served_api("sqlite", tmp_path_factory.mktemp("ui"), worker=True, **settings) as (base, _, keys):
         headers = {"Authorization": f"Bearer {keys['alice']}"}
         with httpx.Client(base_url=base, headers=headers, timeout=30) as client:
@@ -287,6 +288,41 @@ def test_two_jobs_compared_side_by_side(browser, service):
     cells = browser.js("[...document.querySelectorAll('#compare-table tr[data-row=\"channels per layer\"] td')]"
                        ".map(td => td.textContent)")
     assert cells[column] == " ".join(str(layer["channels_after"]) for layer in layers)
+
+
+def test_a_dataset_uploaded_from_the_dashboard_is_listed_and_deleted(browser, service, tmp_path):
+    base, key, client = service
+    archive = tmp_path / "pets.zip"
+    archive.write_bytes(zipped(image_folder()))
+    sign_in(browser, base, key, "/ui/data")
+    browser.set_files("#datasets-file", [archive])
+    browser.click("#datasets-upload")
+    message = browser.wait("document.querySelector('#datasets-message').textContent.startsWith('Uploaded') && "
+                           "document.querySelector('#datasets-message').textContent")
+    [listed] = client.get("/datasets").json()
+    assert message.endswith(f"upload:{listed['id']}") and listed["classes"] == ["cat", "dog"]
+    browser.wait(f"!!document.querySelector('#datasets tr[data-id=\"{listed['id']}\"]')")
+    browser.set_files("#datasets-file", [REPO / "README.md"])
+    browser.click("#datasets-upload")
+    assert "not a zip" in browser.wait("document.querySelector('#datasets-message').textContent.includes('Not')"
+                                       " && document.querySelector('#datasets-message').textContent")
+    confirm(browser, f"#datasets tr[data-id=\"{listed['id']}\"] button")
+    browser.wait("document.querySelector('#datasets tbody').textContent.includes('No datasets')")
+    assert client.get("/datasets").json() == []
+
+
+def test_a_webhook_added_from_the_dashboard_shows_its_secret_once(browser, service):
+    base, key, client = service
+    sign_in(browser, base, key, "/ui/webhooks")
+    browser.set_value("#webhook-url", "http://127.0.0.1:9/hook")
+    browser.click("#webhook-add")
+    secret = browser.wait("document.querySelector('#webhook-secret')?.textContent")
+    [hook] = client.get("/webhooks").json()
+    assert secret.startswith("whsec_") and hook["url"] == "http://127.0.0.1:9/hook"
+    browser.wait(f"!!document.querySelector('[data-webhook=\"{hook['id']}\"]')")
+    confirm(browser, f"[data-webhook=\"{hook['id']}\"] button")
+    browser.wait("document.querySelector('#webhook-list').textContent.includes('No webhooks')")
+    assert client.get("/webhooks").json() == []
 
 
 def test_jobs_page_filters_pages_and_deletes(browser, service):

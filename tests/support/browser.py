@@ -172,6 +172,13 @@ class Browser:
                 " el.dispatchEvent(new Event('input', {bubbles: true}));"
                 " el.dispatchEvent(new Event('change', {bubbles: true})); })()")
 
+    def set_files(self, selector: str, paths: list[Path]) -> None:
+        """Choose files for an <input type=file>, as a user picking them would (scripts cannot)."""
+        root = self.send("DOM.getDocument", {"depth": 0})["root"]["nodeId"]
+        node = self.send("DOM.querySelector", {"nodeId": root, "selector": selector})["nodeId"]
+        self.send("DOM.setFileInputFiles", {"nodeId": node, "files": [str(p) for p in paths]})
+        self.js(f"document.querySelector({json.dumps(selector)}).dispatchEvent(new Event('change', {{bubbles: true}}))")
+
     def text(self, selector: str) -> str:
         return self.js(f"document.querySelector({json.dumps(selector)})?.textContent ?? ''")
 

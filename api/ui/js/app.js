@@ -3,10 +3,12 @@
 
 import { clearKey, getKey, handleUnauthorized, setKey } from "./api.js";
 import { renderCompare } from "./pages/compare.js";
+import { renderData } from "./pages/data.js";
 import { renderJob } from "./pages/job.js";
 import { renderJobs } from "./pages/jobs.js";
 import { renderSignIn } from "./pages/signin.js";
 import { renderSubmit } from "./pages/submit.js";
+import { renderWebhooks } from "./pages/webhooks.js";
 
 const main = document.getElementById("main");
 let cleanup = () => {};
@@ -43,6 +45,8 @@ function render(notice = "") {
   let match;
   if (path === "/ui/submit") cleanup = renderSubmit(main, context);
   else if (path === "/ui/compare") cleanup = renderCompare(main, context);
+  else if (path === "/ui/data") cleanup = renderData(main, context);
+  else if (path === "/ui/webhooks") cleanup = renderWebhooks(main, context);
   else if ((match = path.match(/^\/ui\/jobs\/([^/]+)$/))) cleanup = renderJob(main, decodeURIComponent(match[1]), context);
   else cleanup = renderJobs(main, context);
   for (const link of document.querySelectorAll("#nav a")) {
