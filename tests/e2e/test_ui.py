@@ -306,6 +306,16 @@ def test_a_dataset_uploaded_from_the_dashboard_is_listed_and_deleted(browser, se
     browser.click("#datasets-upload")
     assert "not a zip" in browser.wait("document.querySelector('#datasets-message').textContent.includes('Not')"
                                        " && document.querySelector('#datasets-message').textContent")
+    # the Submit page's picker writes it into the spec
+    browser.goto(f"{base}/ui/submit")
+    browser.wait(f"!!document.querySelector('#dataset-picker option[value=\"{listed['id']}\"]')")
+    browser.set_value("#spec", "name: on-my-pets\nmodel: {arch: resnet18}\n")
+    browser.set_value("#dataset-picker", listed["id"])
+    picked = yaml.safe_load(browser.js("document.querySelector('#spec').value"))
+    assert picked == {"name": "on-my-pets", "model": {"arch": "resnet18"},
+                      "dataset": {"name": "imagefolder", "root": f"upload:{listed['id']}"}}
+    browser.goto(f"{base}/ui/data")
+    browser.wait(f"!!document.querySelector('#datasets tr[data-id=\"{listed['id']}\"]')")
     confirm(browser, f"#datasets tr[data-id=\"{listed['id']}\"] button")
     browser.wait("document.querySelector('#datasets tbody').textContent.includes('No datasets')")
     assert client.get("/datasets").json() == []

@@ -1,9 +1,9 @@
 // The submit page: a job spec written as JSON or YAML, sent to POST /jobs. A 422 problem lists each
 // invalid field; those messages appear under the editor, each naming its field.
 
-import { ApiError, example, examples, postJson } from "../api.js";
+import { ApiError, example, examples, getJson, postJson } from "../api.js";
 import { fill, h } from "../dom.js";
-import { load as loadYaml } from "../../vendor/js-yaml.mjs";
+import { dump as dumpYaml, load as loadYaml } from "../../vendor/js-yaml.mjs";
 
 /** The spec as a value: JSON when it parses as JSON, else YAML (JSON is YAML too, but its errors read better). */
 export function parseSpec(text) {
@@ -31,6 +31,22 @@ export function renderSubmit(main, { navigate }) {
     },
   }, h("option", { value: "" }, "load an example…"));
   const button = h("button.primary", { type: "submit", id: "submit-job" }, "Submit job");
+  // One of the tenant's uploaded datasets, written into the spec (the rest of the spec is kept).
+  const datasets = h("select", {
+    id: "dataset-picker",
+    onchange: () => {
+      if (!datasets.value) return;
+      let spec;
+      try { spec = parseSpec(editor.value) || {}; } catch { spec = {}; }
+      if (typeof spec !== "object" || Array.isArray(spec)) spec = {};
+      spec.dataset = { ...(spec.dataset || {}), name: "imagefolder", root: `upload:${datasets.value}` };
+      editor.value = dumpYaml(spec, { sortKeys: false });
+      datasets.value = "";
+    },
+  }, h("option", { value: "" }, "use an uploaded dataset…"));
+  getJson("/datasets").then((items) => datasets.append(...items.map((d) =>
+    h("option", { value: d.id }, `${d.classes.slice(0, 3).join(", ")}${d.classes.length > 3 ? ", …" : ""} (${d.id.slice(0, 8)})`))))
+    .catch(() => { datasets.disabled = true; });
 
   examples().then(({ items }) => picker.append(...items.map((name) => h("option", { value: name }, name))))
     .catch(() => { picker.disabled = true; });
@@ -79,7 +95,7 @@ export function renderSubmit(main, { navigate }) {
     editor.value = cloned;
   }
   fill(main, h("form.card.submit", { id: "submit-form", onsubmit: submit },
-    h("div.toolbar", {}, h("h1", {}, "Submit a job"), h("span.spacer"), picker),
+    h("div.toolbar", {}, h("h1", {}, "Submit a job"), h("span.spacer"), datasets, picker),
     h("p.muted", {}, "A job spec in JSON or YAML. Every field has a default; unknown fields are rejected."),
     editor, errors,
     h("div.actions", {}, button)));
