@@ -288,6 +288,8 @@ def test_two_jobs_compared_side_by_side(browser, service):
     cells = browser.js("[...document.querySelectorAll('#compare-table tr[data-row=\"channels per layer\"] td')]"
                        ".map(td => td.textContent)")
     assert cells[column] == " ".join(str(layer["channels_after"]) for layer in layers)
+    if SCREENSHOTS:
+        browser.screenshot(REPO / "docs" / "dashboard-compare.png", full_page=False)
 
 
 def test_a_dataset_uploaded_from_the_dashboard_is_listed_and_deleted(browser, service, tmp_path):
