@@ -25,14 +25,14 @@ if SIDE_BY_SIDE > 1:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every test with an id of its own, and files with a slow test first, each file's tests kept together
+    """Every test with an id of its own, and files with a slow or heavy test first, each file's tests kept together
     and in order: run side by side, the long files then start at once and the short ones fill the gaps
     behind them, instead of a long file starting last and running alone."""
     _tell_schemathesis_operations_apart(items)
     repeated = sorted(nodeid for nodeid, count in Counter(item.nodeid for item in items).items() if count > 1)
     if repeated:  # pytest-xdist hands tests out by id: it would run one of each and report the rest nowhere
         raise pytest.UsageError(f"tests share an id: {', '.join(repeated)}")
-    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    slow = {item.path for item in items if item.get_closest_marker("slow") or item.get_closest_marker("heavy")}
     items.sort(key=lambda item: item.path not in slow)
 
 

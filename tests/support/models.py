@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
 from torch import nn
 
+from rlprune_core.cost import CostModel
+from rlprune_core.masking import masked
+from rlprune_core.metrics import count_macs, count_params
 from rlprune_core.models import ModelConfig, build_model
+from rlprune_core.selection import Budget, select, uniform_counts
+from rlprune_core.structure import find_groups
+from rlprune_core.surgery import prune_model
 
 
 def trained_looking(arch: str, width: float = 0.5) -> nn.Module:
@@ -28,3 +36,44 @@ def looking_trained(model: nn.Module) -> nn.Module:
 
 def one_hot_masks(groups, kept):
     return [torch.zeros(1, g.size).index_fill_(1, torch.tensor(k), 1.0) for g, k in zip(groups, kept, strict=True)]
+
+
+# -- torchvision models: every admitted one pruned exactly (tests/core/test_torchvision_*.py) ---------
+SIZE = 32
+# Over about 40 M parameters a model takes seconds to build and prune (regnet_y_128gf, 637 M, about 20 s):
+# CI runs them, `-m "not heavy"` skips them locally.
+HEAVY = {"resnet101", "resnet152", "wide_resnet50_2", "wide_resnet101_2", "resnext101_32x8d", "resnext101_64x4d",
+         "efficientnet_b6", "efficientnet_b7", "efficientnet_v2_m", "efficientnet_v2_l", "regnet_x_16gf",
+         "regnet_x_32gf", "regnet_y_16gf", "regnet_y_32gf", "regnet_y_128gf", "vgg11_bn", "vgg13_bn", "vgg16_bn",
+         "vgg19_bn"}
+
+
+def params(archs) -> list:
+    return [pytest.param(a, marks=[pytest.mark.heavy] if a in HEAVY else []) for a in archs]
+
+
+def pruned_exactly(arch: str):
+    """The model at half its MACs by uniform l1, after checking masked == removed and the cost model against
+    the real modules before and after. Logits are compared relative to their scale: random weights under
+    random BatchNorm statistics take a deep ResNet's logits to 1e7, where float32 rounding passes 1e-4."""
+    model = trained_looking(arch, width=1.0)
+    example = torch.zeros(1, 3, SIZE, SIZE)
+    groups = find_groups(model, example)
+    assert groups, f"{arch} has no prunable group"
+    cost = CostModel.from_model(model, groups, example)
+    assert cost.macs(cost.group_sizes) == count_macs(model, (3, SIZE, SIZE))
+    assert cost.params(cost.group_sizes) == count_params(model)
+
+    # 0.4 of the MACs, or above what the unprunable layers alone take (RegNets at 32 pixels: up to 0.43)
+    floor = cost.macs(np.ones_like(cost.group_sizes)) / cost.macs(cost.group_sizes)
+    counts = uniform_counts(cost, Budget("macs", max(0.4, floor + 0.1)))
+    kept = select(model, groups, counts, "l1", seed=0)
+    pruned = prune_model(model, groups, kept, example).eval()
+    assert cost.macs(np.array(counts)) == count_macs(pruned, (3, SIZE, SIZE))
+    assert cost.params(np.array(counts)) == count_params(pruned) < count_params(model)
+    x = torch.randn(4, 3, SIZE, SIZE)
+    with torch.no_grad(), masked(model, groups, one_hot_masks(groups, kept)):
+        expected = model(x)
+    with torch.no_grad():
+        assert (pruned(x) - expected).abs().max() < 1e-4 * max(1.0, float(expected.abs().max()))
+    return pruned, groups, kept
