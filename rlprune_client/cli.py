@@ -27,7 +27,7 @@ from rich.progress import (
 from rich.table import Table
 
 from .client import Client
-from .errors import ApiError
+from .errors import ApiError, NotAnArchive
 from .models import FINISHED, Event, Job
 from .summary import report_summary
 
@@ -188,7 +188,7 @@ def _upload(client: Client, args: argparse.Namespace) -> int:
         try:
             uploaded = send(path, on_progress=lambda sent, total: progress.update(
                 task, completed=sent, description="" if sent < total else "checking"))
-        except ValueError as exc:  # not an archive
+        except NotAnArchive as exc:  # a pydantic ValidationError is a ValueError too: not caught here
             raise UsageError(str(exc)) from exc
     print(uploaded.id)
     return 0

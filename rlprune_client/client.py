@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 from httpx_sse import SSEError, connect_sse
 
-from .errors import ApiError
+from .errors import ApiError, NotAnArchive
 from .models import (
     Artifact,
     Checkpoint,
@@ -178,7 +178,8 @@ class Client:
     # -- uploads ------------------------------------------------------------------------------------
     def upload_dataset(self, path: str | Path, on_progress: Callable[[int, int], None] | None = None) -> Dataset:
         """Upload an image-folder archive (zip, tar or tar.gz of ``train/<class>/``, ``test/<class>/`` and
-        optionally ``val/<class>/``); ``on_progress(sent, total)`` is called as the bytes go out."""
+        optionally ``val/<class>/``); ``on_progress(sent, total)`` is called as the bytes go out. A file that is
+        no archive raises :class:`NotAnArchive` before anything is sent."""
         return Dataset.model_validate(self._upload("/datasets", Path(path), _archive_type(Path(path)), on_progress))
 
     def datasets(self) -> list[Dataset]:
@@ -255,4 +256,4 @@ def _archive_type(path: Path) -> str:
             return media_type
     if head[257:262] == b"ustar":
         return "application/x-tar"
-    raise ValueError(f"{path.name} is not a zip, tar or tar.gz archive")
+    raise NotAnArchive(f"{path.name} is not a zip, tar or tar.gz archive")

@@ -34,3 +34,7 @@ class ApiError(Exception):
         head = f"{self.status} " if self.status is not None else ""
         title, detail = self.problem.get("title", "Error"), self.problem.get("detail")
         return f"{head}{title}: {detail}" if detail else f"{head}{title}"
+
+
+class NotAnArchive(ValueError):
+    """A file given as a dataset upload that is not a zip, tar or tar.gz archive (checked before sending)."""
