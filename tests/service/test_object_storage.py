@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
+import os
 import time
 from pathlib import Path
 
@@ -167,7 +168,8 @@ def check_downloads(client: httpx.Client, job_id: str) -> bytes:
 
 
 def files_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file())
+    """The files under `folder`; `os.walk` skips folders a worker removes while it is being walked."""
+    return sorted(Path(parent, name) for parent, _, names in os.walk(folder) for name in names)
 
 
 def test_workers_without_a_shared_disk_run_jobs_that_download_through_the_api(deployment, s3):
