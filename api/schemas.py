@@ -10,7 +10,7 @@ from typing import Self
 from sqlalchemy import Row
 
 from rlprune_client import models
-from store.models import Artifact, Job, JobEvent, Upload, WebhookAttempt, WebhookEndpoint
+from store.models import Artifact, Job, JobEvent, Upload, WebhookAttempt, WebhookEndpoint, WebhookMessage
 from store.views import job_view
 
 
@@ -56,6 +56,12 @@ class WebhookCreated(models.WebhookCreated):
     @classmethod
     def of(cls, endpoint: WebhookEndpoint) -> Self:
         return cls(**WebhookOut.of(endpoint).model_dump(), secret=endpoint.secret)
+
+
+class WebhookTestOut(models.WebhookTest):
+    @classmethod
+    def of(cls, message: WebhookMessage) -> Self:
+        return cls(id=message.id, event=message.event, created_at=message.created_at)
 
 
 class DeliveryOut(models.Delivery):

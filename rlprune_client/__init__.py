@@ -14,7 +14,22 @@ from .models import (
     JobPage,
     Webhook,
     WebhookCreated,
+    WebhookTest,
 )
 
-__all__ = ["FINISHED", "ApiError", "Artifact", "Checkpoint", "Client", "Dataset", "Delivery", "Event", "EventPage",
-           "Job", "JobPage", "Webhook", "WebhookCreated"]
+__all__ = [
+    "FINISHED",
+    "ApiError",
+    "Artifact",
+    "Checkpoint",
+    "Client",
+    "Dataset",
+    "Delivery",
+    "Event",
+    "EventPage",
+    "Job",
+    "JobPage",
+    "Webhook",
+    "WebhookCreated",
+    "WebhookTest",
+]

@@ -88,6 +88,7 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
                      "(default: the first three)")
     command(hooks, "list", _list_webhooks, "your receivers")
     command(hooks, "delete", _delete_webhook, "remove a receiver and its pending messages", "id")
+    command(hooks, "test", _test_webhook, "send the receiver a signed webhook.test message; prints its id", "id")
     command(hooks, "deliveries", _deliveries, "every delivery attempt to a receiver, oldest first", "id")
 
 
@@ -222,6 +223,11 @@ def _list_webhooks(client: Client, args: argparse.Namespace) -> int:
 
 def _delete_webhook(client: Client, args: argparse.Namespace) -> int:
     client.delete_webhook(args.id)
+    return 0
+
+
+def _test_webhook(client: Client, args: argparse.Namespace) -> int:
+    print(client.test_webhook(args.id).id)
     return 0
 
 

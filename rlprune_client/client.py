@@ -28,6 +28,7 @@ from .models import (
     QueuePlace,
     Webhook,
     WebhookCreated,
+    WebhookTest,
 )
 
 CHUNK_BYTES = 1 << 20
@@ -227,6 +228,10 @@ class Client:
 
     def delete_webhook(self, webhook_id: str) -> None:
         self._request("DELETE", f"/webhooks/{webhook_id}")
+
+    def test_webhook(self, webhook_id: str) -> WebhookTest:
+        """Queue a signed ``webhook.test`` message to the receiver; its attempts appear in :meth:`deliveries`."""
+        return WebhookTest.model_validate(self._request("POST", f"/webhooks/{webhook_id}/test").json())
 
     def deliveries(self, webhook_id: str, *, page_size: int = 100) -> Iterator[Delivery]:
         """Every delivery attempt to the receiver, oldest first, following the API's cursor pages."""

@@ -82,6 +82,15 @@ class WebhookCreated(Webhook):
     secret: str  # ``whsec_<base64>``; verify each message's webhook-signature with it
 
 
+class WebhookTest(BaseModel):
+    """A test event queued for one webhook: ``id`` is the message's ``webhook-id`` header, so the receiver's
+    log and the deliveries listing can be matched to it."""
+
+    id: str
+    event: str
+    created_at: datetime
+
+
 class Delivery(BaseModel):
     """One attempt at one message. ``error`` holds a short, printable excerpt of the receiver's answer at most."""
 

@@ -12,6 +12,7 @@ Receivers are checked by :mod:`store.receivers`, when an endpoint is registered 
 from __future__ import annotations
 
 import base64
+import json
 import random
 import secrets
 from collections.abc import Iterable
@@ -26,6 +27,7 @@ from .models import Job, WebhookAttempt, WebhookEndpoint, WebhookMessage, utcnow
 
 EVENTS = ("job.succeeded", "job.failed", "job.cancelled", "job.stage")
 FINISH_EVENTS = EVENTS[:3]
+TEST_EVENT = "webhook.test"  # sent on request to one endpoint, whatever it subscribed to; names no job
 
 
 class DeliveryStatus(StrEnum):
@@ -42,6 +44,10 @@ JITTER = 0.2  # each retry delay grows by up to this fraction: messages that fai
 
 class TooManyWebhooks(Exception):
     """The tenant already has as many endpoints as the service allows (HTTP 429)."""
+
+
+class TestPending(Exception):
+    """The endpoint's previous test event is still waiting to be sent (HTTP 409)."""
 
 
 def new_secret() -> str:
@@ -96,6 +102,30 @@ def enqueue(session: Session, job_id: str, event: str) -> int:
     targets = [endpoint_id for endpoint_id, events in session.execute(query) if event in events]
     session.add_all(WebhookMessage(endpoint_id=endpoint_id, job_id=job_id, event=event) for endpoint_id in targets)
     return len(targets)
+
+
+def enqueue_test(session: Session, tenant: str, endpoint_id: str) -> WebhookMessage | None:
+    """A test event to the tenant's endpoint (None: no such endpoint), sent and retried like any message.
+    Its body is fixed now, as it names no job. One may wait per endpoint (:class:`TestPending` otherwise), so
+    a tenant cannot fill the outbox; the endpoint's row is locked while that is checked, so two requests
+    racing cannot both pass."""
+    endpoint = session.scalar(select(WebhookEndpoint).where(
+        WebhookEndpoint.id == endpoint_id, WebhookEndpoint.tenant == tenant).with_for_update())
+    if endpoint is None:
+        return None
+    pending = session.scalar(select(WebhookMessage.id).where(
+        WebhookMessage.endpoint_id == endpoint.id, WebhookMessage.event == TEST_EVENT,
+        WebhookMessage.status == DeliveryStatus.PENDING).limit(1))
+    if pending is not None:
+        raise TestPending("this webhook's test event is still waiting to be sent")
+    now = utcnow()
+    body = json.dumps({"type": TEST_EVENT, "timestamp": now.isoformat(),
+                       "data": {"webhook_id": endpoint.id, "url": endpoint.url}}, separators=(",", ":"))
+    message = WebhookMessage(endpoint_id=endpoint.id, job_id="", event=TEST_EVENT, body=body, created_at=now,
+                             next_attempt_at=now)
+    session.add(message)
+    session.flush()
+    return message
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,9 @@ attempt ends by ``RLPRUNE_WEBHOOK_TIMEOUT_SECONDS`` of wall-clock time, however 
 one sender thread per worker with per-read timeouts only let a receiver that sent a byte every 3 s hold it
 for 51 s, and another tenant's message arrived 46 s late.
 
-Every message is a POST of ``{"type", "timestamp", "data": the job as GET /jobs/{id} shows it}``, signed the
-Standard Webhooks way (``webhook-id``, ``webhook-timestamp``, ``webhook-signature: v1,<HMAC-SHA256>``).
+Every message is a POST of ``{"type", "timestamp", "data": the job as GET /jobs/{id} shows it}`` (a
+``webhook.test`` message's data names its webhook instead, fixed when it was queued), signed the Standard
+Webhooks way (``webhook-id``, ``webhook-timestamp``, ``webhook-signature: v1,<HMAC-SHA256>``).
 
 Before each attempt the receiver's host is resolved and every address checked, and the connection then
 goes to the checked address (the Host header and TLS server name stay the URL's), so a DNS answer that

@@ -19,7 +19,7 @@ from store.models import ID, WebhookEndpoint
 
 from ..auth import TenantDep
 from ..problems import PROBLEM, Problem, invalid
-from ..schemas import DeliveryOut, DeliveryPage, WebhookCreated, WebhookOut
+from ..schemas import DeliveryOut, DeliveryPage, WebhookCreated, WebhookOut, WebhookTestOut
 from ..services import Services, ServicesDep
 from .common import MAX_ID, next_link, owned, responses
 
@@ -89,6 +89,23 @@ def delete(webhook_id: str, tenant: TenantDep, services: ServicesDep) -> Respons
         if not webhooks.delete_endpoint(session, tenant, webhook_id):
             raise NOT_FOUND
     return Response(status_code=204)
+
+
+@router.post("/{webhook_id}/test", status_code=202, response_model=WebhookTestOut, responses={
+    409: {"description": "the webhook's previous test event is still waiting to be sent", **PROBLEM}})
+def send_test(webhook_id: str, tenant: TenantDep, services: ServicesDep) -> WebhookTestOut:
+    """Queue a signed ``webhook.test`` message to this receiver, whatever events it asked for; a worker sends
+    it, and its attempts appear under ``/deliveries`` like any other."""
+    if not ID.fullmatch(webhook_id):
+        raise NOT_FOUND
+    try:
+        with transaction(services.sessions) as session:
+            message = webhooks.enqueue_test(session, tenant, webhook_id)
+            if message is None:
+                raise NOT_FOUND
+            return WebhookTestOut.of(message)
+    except webhooks.TestPending as exc:
+        raise Problem(409, str(exc)) from exc
 
 
 @router.get("/{webhook_id}/deliveries", response_model=DeliveryPage)

@@ -28,6 +28,7 @@ from rlprune_client import (
     Job,
     Webhook,
     WebhookCreated,
+    WebhookTest,
 )
 from rlprune_client.cli import StageBars
 from store.models import FINISHED as SERVER_FINISHED
@@ -69,7 +70,8 @@ def test_the_client_needs_neither_torch_nor_the_server():
 def test_the_client_s_models_are_the_api_s_schemas(tmp_path):
     schemas = create_app(Settings(data_dir=tmp_path)).openapi()["components"]["schemas"]
     for model, schema in ((Job, "JobOut"), (Dataset, "DatasetOut"), (Checkpoint, "CheckpointOut"),
-                          (Webhook, "WebhookOut"), (WebhookCreated, "WebhookCreated"), (Delivery, "DeliveryOut")):
+                          (Webhook, "WebhookOut"), (WebhookCreated, "WebhookCreated"), (Delivery, "DeliveryOut"),
+                          (WebhookTest, "WebhookTestOut")):
         assert set(model.model_fields) == set(schemas[schema]["properties"])
     assert {str(s) for s in SERVER_FINISHED} == FINISHED
 
@@ -131,6 +133,10 @@ def test_uploads_and_webhooks_from_the_command_line(serve, tmp_path):
     assert secret.startswith("whsec_")
     assert ok("webhooks", "list").split("\t")[:3] == [webhook, "http://127.0.0.1:9/hook", "job.succeeded"]
     assert ok("webhooks", "deliveries", webhook) == ""
+    assert ok("webhooks", "test", webhook).startswith("msg_")
+    busy = rlprune("webhooks", "test", webhook, key=key, url=url)  # nothing answers at :9, so it is retried
+    assert busy.returncode == 1 and busy.stderr.strip() == (
+        "rlprune: error: 409 Conflict: this webhook's test event is still waiting to be sent")
     bad = rlprune("webhooks", "add", "ftp://example.com/", key=key, url=url)
     assert bad.returncode == 1 and "url" in bad.stderr and len(bad.stderr.splitlines()) == 1
     ok("webhooks", "delete", webhook)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-import tarfile
 import os
+import tarfile
 import time
 from pathlib import Path
 

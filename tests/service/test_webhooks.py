@@ -17,6 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -208,7 +209,7 @@ def test_another_tenant_s_webhook_is_not_found(service):
     alice, bob, receiver = service
     with endpoint(alice, f"{receiver.url}/ok/tenant") as hook:
         assert hook["events"] == ["job.succeeded", "job.failed", "job.cancelled"]
-        for method, path in (("GET", ""), ("GET", "/deliveries"), ("DELETE", "")):
+        for method, path in (("GET", ""), ("GET", "/deliveries"), ("POST", "/test"), ("DELETE", "")):
             response = bob.request(method, f"/webhooks/{hook['id']}{path}")
             assert response.status_code == 404
             assert response.headers["content-type"] == "application/problem+json"
@@ -216,6 +217,43 @@ def test_another_tenant_s_webhook_is_not_found(service):
         listed = alice.get("/webhooks").json()
         assert [w["id"] for w in listed] == [hook["id"]] and "secret" not in listed[0]
         assert alice.get(f"/webhooks/{hook['id']}").status_code == 200
+
+
+def test_a_test_event_arrives_signed_whatever_the_endpoint_asked_for(service):
+    alice, _, receiver = service
+    with endpoint(alice, f"{receiver.url}/ok/test", ["job.stage"]) as hook:
+        queued = alice.post(f"/webhooks/{hook['id']}/test")
+        assert queued.status_code == 202 and queued.json()["event"] == "webhook.test"
+        [(_, _, headers, body)] = wait_until(lambda: receiver.at("/ok/test"), what="the test event")
+        verify(hook["secret"], headers, body)
+        assert headers["webhook-id"] == queued.json()["id"]
+        message = json.loads(body)
+        assert message["type"] == "webhook.test"
+        assert message["data"] == {"webhook_id": hook["id"], "url": f"{receiver.url}/ok/test"}
+        [attempt] = wait_until(lambda: deliveries(alice, hook["id"]), what="the attempt's record")
+        assert (attempt["event"], attempt["job_id"], attempt["status"]) == ("webhook.test", "", "succeeded")
+        assert alice.post("/webhooks/not-an-id/test").status_code == 404
+
+
+def test_one_test_event_waits_per_endpoint_however_many_are_asked_for_at_once(service):
+    """Eight requests race for one failing receiver (retried for about two seconds): one is queued, the
+    others are 409 until it has been sent or has failed, so a tenant cannot fill the outbox."""
+    alice, _, receiver = service
+    with endpoint(alice, f"{receiver.url}/fail/test") as hook:
+        start = threading.Barrier(8)
+
+        def ask(_: int) -> int:
+            start.wait()
+            return alice.post(f"/webhooks/{hook['id']}/test").status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            codes = sorted(pool.map(ask, range(8)))
+        assert codes == [202] + [409] * 7
+        refused = alice.post(f"/webhooks/{hook['id']}/test")
+        assert refused.status_code == 409 and "still waiting" in refused.json()["detail"]
+        wait_until(lambda: (a := deliveries(alice, hook["id"])) and a[-1]["status"] == "failed",
+                   what="the test event to fail")
+        assert alice.post(f"/webhooks/{hook['id']}/test").status_code == 202, "a finished test event frees the slot"
 
 
 @pytest.mark.parametrize(("body", "field"), [

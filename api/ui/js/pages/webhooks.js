@@ -1,5 +1,5 @@
 // The webhooks page: the receivers the API notifies of the tenant's jobs, added (the signing secret is
-// shown once), listed with their recent deliveries, and removed.
+// shown once), listed with their recent deliveries, sent a test event, and removed.
 
 import { getJson, postJson, request } from "../api.js";
 import { age, confirmDialog, fill, h } from "../dom.js";
@@ -20,7 +20,9 @@ export function renderWebhooks(main) {
       const page = await getJson(`/webhooks/${hook.id}/deliveries?limit=20`);
       return h("section.hook", { dataset: { webhook: hook.id } },
         h("div.toolbar", {}, h("span.mono", {}, hook.url), h("span.small.muted", {}, hook.events.join(" · ")),
-          h("span.spacer"), h("button.quiet", { type: "button", onclick: () => remove(hook) }, "Remove")),
+          h("span.spacer"), h("button.quiet", { type: "button", dataset: { action: "test" }, onclick: () => test(hook) },
+            "Send test event"),
+          h("button.quiet", { type: "button", dataset: { action: "remove" }, onclick: () => remove(hook) }, "Remove")),
         page.items.length
           ? h("table.jobs.small", {}, h("thead", {}, h("tr", {}, ["when", "event", "job", "attempt", "status", "HTTP"]
             .map((t) => h("th", {}, t)))), h("tbody", {}, page.items.map((d) => h("tr", {},
@@ -44,6 +46,16 @@ export function renderWebhooks(main) {
     }
   }
 
+  async function test(hook) {
+    try {
+      const sent = await postJson(`/webhooks/${hook.id}/test`, {});
+      message.textContent = `Test event ${sent.id} queued for ${hook.url}; its attempts appear below.`;
+      await load();
+    } catch (e) {
+      if (e.status !== 401) message.textContent = `Not sent: ${e.problem?.detail || e.message}`;
+    }
+  }
+
   async function remove(hook) {
     if (!(await confirmDialog(`Stop notifying ${hook.url}? Its pending messages are dropped.`, "Remove"))) return;
     try { await request(`/webhooks/${hook.id}`, { method: "DELETE" }); await load(); }
@@ -58,5 +70,6 @@ export function renderWebhooks(main) {
       h("div.toolbar.small", {}, EVENTS.map((name, i) => h("label.inline", {}, boxes[i], ` ${name}`)))),
     message, list));
   load().catch((e) => { if (e.status !== 401) message.textContent = `Could not load: ${e.message}`; });
-  return () => {};
+  const refresh = setInterval(() => load().catch(() => {}), 5000);  // deliveries arrive as workers send them
+  return () => clearInterval(refresh);
 }
