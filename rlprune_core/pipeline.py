@@ -20,7 +20,7 @@ from typing import Any
 
 from torch import nn
 
-from .agents import RULE_AGENTS, SearchContext, get_agent, score_candidate, search_units
+from .agents import CALIBRATION_IMAGES, RULE_AGENTS, SearchContext, get_agent, score_candidate, search_units
 from .budgets import budget_for
 from .checkpoint import load_checkpoint, load_weights
 from .device import copy_to, prepare
@@ -37,12 +37,12 @@ from .report import build_report
 from .run_inputs import RunInputs, build_inputs
 from .selection import Budget, baseline_kept, select, uniform_counts
 from .spec import FinalistSpec, JobSpec
-from .training import EpochResult, evaluate, train
+from .training import EpochResult, evaluate, reestimate_batchnorm, train
 from .verify import verify_artifacts
 from .workfolder import WorkFolder
 
 EXPORT_UNITS = 1.0  # the export stage's work, in epochs of training (for the progress estimate)
-# A teacher whose validation accuracy is below this many times chance (1 / classes) is "near chance".
+# An unpruned model whose validation accuracy is below this many times chance (1 / classes) is "near chance".
 NEAR_CHANCE = 1.5
 
 
@@ -108,7 +108,7 @@ class _Run:
         if done:
             self.emit(EventType.RESUMED, STAGES[len(done)], f"resuming after {', '.join(done)}", 0.0, done=list(done))
         pretrained = self.pretrain()
-        self.check_teacher()
+        self.check_unpruned()
         self.budget.prepare(pretrained)
         chosen = self.prune(pretrained)
         final, kept = self.finetune(pretrained, chosen)
@@ -156,16 +156,19 @@ class _Run:
     def resumed(self, stage: str, label: str, epoch: int, fraction: float) -> None:
         self.emit(EventType.RESUMED, stage, f"{label}: resuming after epoch {epoch}", fraction, run=label, epoch=epoch)
 
-    def check_teacher(self) -> None:
-        """Warn when the unpruned model, the finetune's teacher, is near chance: distilling it cannot help."""
+    def check_unpruned(self) -> None:
+        """Warn when the unpruned model is near chance: there is little for pruning to keep, and nothing for
+        the finetune's teacher to teach."""
         classes = self.inputs.data.num_classes
         accuracy = self.folder.done["pretrain"]["val_accuracy"]
-        if self.spec.finetune.distillation.weight > 0 and accuracy < NEAR_CHANCE / classes:
+        if accuracy < NEAR_CHANCE / classes:
+            distilled = self.spec.finetune.distillation.weight > 0
             message = (f"the unpruned model scores {accuracy:.1%} on validation images, near chance for {classes} "
-                       "classes; distilling from it cannot help: pretrain longer, or set "
-                       "finetune.distillation.weight to 0")
-            if self.folder.warn("teacher_near_chance", message):
-                self.emit(EventType.WARNING, "pretrain", message, 1.0, code="teacher_near_chance")
+                       "classes, so its pruned networks cannot score better: pretrain longer or check the data"
+                       + ("; distilling from it cannot help either (finetune.distillation.weight 0 turns it off)"
+                          if distilled else ""))
+            if self.folder.warn("model_near_chance", message):
+                self.emit(EventType.WARNING, "pretrain", message, 1.0, code="model_near_chance")
 
     def prune(self, pretrained: nn.Module) -> list[Finalist]:
         """The networks the finetune stage chooses among: the search's result alone, or the uniform
@@ -237,8 +240,12 @@ class _Run:
             if name not in folder.baselines:
                 folder.record(folder.baselines, name, self._baseline(finetuner, winner.kept, name))
         pruned = finetuner.pruned(winner.kept)
+        calibration = inputs.data.train.images[:CALIBRATION_IMAGES]  # the search's first calibration slice
+        reestimated = evaluate(reestimate_batchnorm(pruned, calibration, inputs.device), inputs.data.test,
+                               inputs.device)
         folder.finish_stage("finetune", began, final=self._stats(model), kept=winner.kept, winner=winner.name,
-                            pruned=self._stats(pruned), pruned_val_accuracy=self._val_accuracy(pruned),
+                            pruned={**self._stats(pruned), "accuracy_bn_reestimated": reestimated},
+                            pruned_val_accuracy=self._val_accuracy(pruned),
                             finalists=decision, distillation=self.spec.finetune.distillation.model_dump())
         return model, winner.kept
 

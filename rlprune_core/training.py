@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterable
+from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +79,18 @@ def evaluate(model: nn.Module, split: Split, device: torch.device) -> float:
     """Accuracy in fp32 (no autocast), so it matches what the exported artifacts compute."""
     with eval_mode(model):
         return accuracy(lambda images: model(prepare_input(images.to(device), device)), split)
+
+
+def reestimate_batchnorm(model: nn.Module, images: torch.Tensor, device: torch.device,
+                         batch_size: int = 128) -> nn.Module:
+    """A copy of ``model`` whose BatchNorm statistics are recomputed from ``images`` (a plain average, by
+    torch's ``update_bn``), in eval mode. Removing channels shifts the activations later layers were
+    normalised for; the search scores candidates after this step, so a report shows the pruned network's
+    accuracy both ways to explain the gap between its proxy and its accuracy before finetuning."""
+    copy = deepcopy(model)
+    batches = [prepare_input(images[i: i + batch_size].to(device), device) for i in range(0, len(images), batch_size)]
+    torch.optim.swa_utils.update_bn(batches, copy)
+    return copy.eval()
 
 
 def _schedule(optimizer: torch.optim.Optimizer, spec: TrainSpec, total_steps: int):

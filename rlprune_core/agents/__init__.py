@@ -40,5 +40,5 @@ def search_units(spec: PruneSpec, train_size: int, val_size: int) -> float:
     return images / (3.0 * train_size) + spec.layer_finetune_steps * (spec.agent == "policy-network")
 
 
-__all__ = ["AGENTS", "RULE_AGENTS", "Agent", "SearchContext", "SearchResult", "get_agent", "score_candidate",
-           "search_units"]
+__all__ = ["AGENTS", "CALIBRATION_IMAGES", "RULE_AGENTS", "Agent", "SearchContext", "SearchResult", "get_agent",
+           "score_candidate", "search_units"]

@@ -111,10 +111,11 @@ def test_a_distilled_job_reports_its_settings_and_the_loss_parts(tmp_path):
     assert report["warnings"] == []
 
 
-def test_a_teacher_near_chance_is_named_in_a_warning(tmp_path):
+def test_a_model_near_chance_is_named_in_a_warning(tmp_path):
     spec = tiny_spec(pretrain={"epochs": 1, "lr": 1e-6}, finetune={"epochs": 1, "distillation": {"weight": 0.5}})
     events = []
     report = run_pipeline(spec, tmp_path, on_event=events.append)
     [warning] = [e for e in events if e.type == "warning"]
-    assert warning.data["code"] == "teacher_near_chance" and "near chance" in warning.message
-    assert [w["code"] for w in report["warnings"]] == ["teacher_near_chance"]
+    assert warning.data["code"] == "model_near_chance" and "near chance" in warning.message
+    assert "distilling from it cannot help" in warning.message
+    assert [w["code"] for w in report["warnings"]] == ["model_near_chance"]

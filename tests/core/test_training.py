@@ -7,7 +7,7 @@ from rlprune_core.data import load_dataset
 from rlprune_core.events import StopCheck, Stopped
 from rlprune_core.models import ModelConfig, build_model
 from rlprune_core.spec import DatasetSpec, TrainSpec
-from rlprune_core.training import _schedule, evaluate, train
+from rlprune_core.training import _schedule, evaluate, reestimate_batchnorm, train
 
 CPU = torch.device("cpu")
 
@@ -28,6 +28,21 @@ def test_synthetic_data_is_learnable(synthetic, tmp_path):
     train(model, synthetic.train, synthetic.val, spec, device=CPU, flip=False, seed=0,
           checkpoint=tmp_path / "ckpt.pt", on_epoch=lambda r: None, stop=StopCheck(None))
     assert evaluate(model, synthetic.test, CPU) > 0.5  # ten classes: chance is 0.1
+
+
+def test_batchnorm_statistics_are_re_estimated_on_a_copy(synthetic):
+    """The copy's first BatchNorm holds the plain mean and variance of its conv's outputs on the images; the
+    model it came from keeps its own statistics."""
+    model = _model(synthetic).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    images = synthetic.train.images[:96]
+    copy = reestimate_batchnorm(model, images, CPU, batch_size=96)
+    with torch.no_grad():
+        out = copy.conv1(images)
+    assert not copy.training
+    torch.testing.assert_close(copy.bn1.running_mean, out.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(copy.bn1.running_var, out.var((0, 2, 3), unbiased=True), rtol=1e-3, atol=1e-5)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 @pytest.mark.parametrize("schedule", ["onecycle", "cosine"])

@@ -185,6 +185,15 @@ def test_submit_shows_field_errors_then_follows_the_job_live(browser, service, t
     assert report["finalists"]["winner"] in browser.js("document.querySelector('#finalists-reason').textContent")
     assert browser.js("[...document.querySelectorAll('#timeline li[data-stage]')]"
                       ".every(li => li.dataset.state === 'done')")
+    # what the figures mean: the pruned accuracy both ways, the reward's definition, axis titles, legends
+    reestimated = browser.js("document.querySelector('#bn-reestimated').textContent")
+    assert f"{100 * report['pruned']['accuracy_bn_reestimated']:.2f} %" in reestimated
+    assert "Reward:" in browser.js("document.querySelector('#reward-definition').textContent")
+    assert browser.js("document.querySelector('#chart-pretrain').getAttribute('aria-label')") == (
+        "training loss and validation accuracy by epoch")  # the axis titles, drawn on the canvas
+    legend = browser.js("[...document.querySelectorAll('#chart-pretrain .u-legend .u-series:not(:first-child) "
+                        ".u-value')].map(e => e.textContent)")
+    assert legend and "\N{EN DASH}" not in legend, legend  # the latest values, with no cursor on the chart
 
     # Curves: one point per epoch or search step, and the lines really drawn on the canvas.
     points = "Number(document.querySelector('#chart-{}').dataset.points)"
@@ -267,6 +276,7 @@ def test_cancel_a_running_and_a_queued_job(browser, service):
     confirm(browser, "#cancel-job")
     wait_status(browser, client, running["id"], "cancelled", timeout=60)
     assert wait_for(client, running["id"], finished)["status"] == "cancelled"
+    assert browser.js("document.querySelector('#timeline li[data-stage=end]').dataset.state") == "cancelled"
     STATE["cancelled"] = queued["id"]
 
 

@@ -11,18 +11,21 @@ export const COLORS = { blue: "#2563eb", orange: "#ea580c", green: "#16a34a", gr
  * 0–100 % axis.
  */
 export class LineChart {
-  constructor(container, { series, xLabel = "epoch", height = 220 }) {
+  constructor(container, { series, xLabel = "epoch", yLabel = null, pctLabel = null, height = 220 }) {
     this.container = container;
     this.height = height;
+    // The axes are drawn on a canvas: screen readers (and tests) read what the chart shows here.
+    container.setAttribute("role", "img");
+    container.setAttribute("aria-label", [yLabel, pctLabel].filter(Boolean).join(" and ") + ` by ${xLabel}`);
     this.labels = series.map((s) => s.label);
     this.data = [[], ...series.map(() => [])];
     const hasPct = series.some((s) => s.scale === "pct");
     const hasY = series.some((s) => s.scale !== "pct");
     // Epochs and steps are whole numbers: no ticks in between.
     const axes = [{ label: xLabel, size: 40, incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000] }];
-    if (hasY) axes.push({ scale: "y", size: 60 });
+    if (hasY) axes.push({ scale: "y", size: 60, label: yLabel, labelSize: yLabel ? 18 : 0 });
     if (hasPct) {
-      axes.push({ scale: "pct", side: 1, size: 56, grid: { show: !hasY },
+      axes.push({ scale: "pct", side: 1, size: 56, grid: { show: !hasY }, label: pctLabel, labelSize: pctLabel ? 18 : 0,
         values: (u, ticks) => ticks.map((t) => `${Math.round(t * 100)}%`) });
     }
     this.plot = new uPlot({
@@ -50,6 +53,7 @@ export class LineChart {
   set(x, ...ys) {
     this.data = [x, ...this.labels.map((_, i) => ys[i] ?? x.map(() => null))];
     this.plot.setData(this.data);
+    this.plot.setLegend();
     this.container.dataset.points = String(this.points);
   }
 
@@ -66,6 +70,7 @@ export class LineChart {
       if (i >= 0 && y !== undefined) this.data[i + 1][at] = y;
     }
     this.plot.setData(this.data);
+    this.plot.setLegend();
     this.container.dataset.points = String(this.points);
   }
 
@@ -78,8 +83,19 @@ function seriesOptions(s) {
   return {
     label: s.label, stroke: s.color, width: s.width || 2, scale: s.scale || "y", dash: s.dash, spanGaps: true,
     points: { size: 5 }, // uPlot shows them only while the points are sparse: one epoch is still visible
-    value: (u, v) => (v === null || v === undefined ? "–" : s.scale === "pct" ? `${(100 * v).toFixed(2)} %` : v.toFixed(4)),
+    // Away from the cursor the legend shows each series' latest value, never a blank.
+    value: (u, v, sidx, idx) => format(idx === null || idx === undefined ? latest(u.data[sidx]) : v, s.scale),
   };
+}
+
+function latest(column) {
+  for (let i = column.length - 1; i >= 0; i--) if (column[i] !== null && column[i] !== undefined) return column[i];
+  return null;
+}
+
+function format(v, scale) {
+  if (v === null || v === undefined) return "–";
+  return scale === "pct" ? `${(100 * v).toFixed(2)} %` : v.toFixed(4);
 }
 
 const SVG = "http://www.w3.org/2000/svg";

@@ -10,6 +10,12 @@ import { speedup } from "./compare.js";
 import { CLONE_KEY } from "./submit.js";
 
 const STAGES = ["pretrain", "prune", "finetune", "export"];
+const END_STATE = { succeeded: "done", failed: "stopped", cancelled: "cancelled" };
+const PROXIES = {
+  "calibrated-log-likelihood": "mean log-likelihood of the true class, at the temperature that suits the candidate best",
+  "log-likelihood": "mean log-likelihood of the true class",
+  top1: "top-1 accuracy",
+};
 const MAX_LOG_ROWS = 1000;
 const RUN_COLORS = [COLORS.purple, COLORS.grey, COLORS.green];
 
@@ -17,6 +23,8 @@ export function renderJob(main, jobId, { navigate }) {
   const controller = new AbortController();
   const path = `/jobs/${encodeURIComponent(jobId)}`;
   const stageStarts = {}; // stage -> ISO time of its `stage` event
+  const resumes = {}; // stage -> how many times a run of it continued from a checkpoint
+  const warned = new Set(); // warning messages shown, from the events and then the report
   const runs = { pretrain: [], finetune: [] }; // run names seen per stage, the job's own model first
   let job = null;
   let resultsShown = false;
@@ -39,6 +47,8 @@ export function renderJob(main, jobId, { navigate }) {
     navigate("/ui/submit");
   } }, "Clone and edit");
   const error = h("p.error", { id: "job-error", role: "alert" });
+  const warningsBox = h("ul.warnings", { id: "job-warnings", hidden: true });
+  const attemptsText = h("span.small.muted", { id: "job-attempts" });
   const timeline = h("ol.timeline", { id: "timeline" });
   const summary = h("div", { id: "summary" });
   const logBody = h("tbody");
@@ -46,6 +56,7 @@ export function renderJob(main, jobId, { navigate }) {
   const layersBox = h("div", { id: "layers" }, h("p.muted", {}, "The per-layer channel counts appear when the job succeeds."));
   const baselinesBox = h("div", { id: "baselines" }, h("p.muted", {}, "No baseline results yet."));
   const searchInfo = h("p.small.muted", { id: "search-info" });
+  const rewardInfo = h("p.small.muted", { id: "reward-definition" });
   const finalistsBox = h("div.small", { id: "finalists" });
   const chartBoxes = {
     pretrain: h("div.chart", { id: "chart-pretrain" }),
@@ -57,14 +68,14 @@ export function renderJob(main, jobId, { navigate }) {
     h("section.card.job-head", {},
       h("div.toolbar", {}, h("a.small", { href: "/ui", dataset: { link: "" } }, "← Jobs")),
       h("div.toolbar", {}, title, status, stage, h("span.spacer"), live, cancelButton, deleteButton),
-      h("div.mono.small.muted", {}, jobId),
+      h("div.toolbar", {}, h("span.mono.small.muted", {}, jobId), attemptsText),
       h("div.progress-line", {}, progress, progressText),
-      error, timeline),
+      error, warningsBox, timeline),
     h("div.grid2", {},
       h("section.card", {}, h("h2", {}, "Pretraining"), chartBoxes.pretrain),
       h("section.card", {}, h("h2", {}, "Finetuning"), chartBoxes.finetune)),
     h("div.grid2", {},
-      h("section.card", {}, h("h2", {}, "Channel search"), chartBoxes.search, searchInfo, finalistsBox),
+      h("section.card", {}, h("h2", {}, "Channel search"), chartBoxes.search, rewardInfo, searchInfo, finalistsBox),
       h("section.card", {}, h("h2", {}, "Before → after"), summary)),
     h("div.grid2", {},
       h("section.card", {}, h("h2", {}, "Channels per layer"), layersBox),
@@ -80,10 +91,11 @@ export function renderJob(main, jobId, { navigate }) {
     { label: "loss", color: COLORS.orange },
     { label: "val accuracy", color: COLORS.blue, scale: "pct" },
   ];
+  const trainingAxes = { yLabel: "training loss", pctLabel: "validation accuracy" };
   const charts = {
-    pretrain: new LineChart(chartBoxes.pretrain, { series: trainingSeries }),
-    finetune: new LineChart(chartBoxes.finetune, { series: trainingSeries }),
-    search: new LineChart(chartBoxes.search, { xLabel: "search step", series: [
+    pretrain: new LineChart(chartBoxes.pretrain, { series: trainingSeries, ...trainingAxes }),
+    finetune: new LineChart(chartBoxes.finetune, { series: trainingSeries, ...trainingAxes }),
+    search: new LineChart(chartBoxes.search, { xLabel: "search step", yLabel: "reward (proxy)", pctLabel: "accuracy", series: [
       { label: "mean reward", color: COLORS.grey },
       { label: "best so far", color: COLORS.green },
       { label: "mean accuracy", color: COLORS.blue, scale: "pct", dash: [4, 4], width: 1 },
@@ -102,6 +114,11 @@ export function renderJob(main, jobId, { navigate }) {
     deleteButton.hidden = !FINISHED.has(job.status);
     error.textContent = job.error ? `${job.error.code}: ${job.error.message}` : "";
     specBox.textContent = dumpYaml(job.spec, { sortKeys: false });
+    attemptsText.textContent = job.attempts > 1 ? ` · attempt ${job.attempts} (resumed after a worker stopped)` : "";
+    const proxy = job.spec?.prune?.proxy;
+    rewardInfo.textContent = PROXIES[proxy] ? `Reward: each candidate's ${PROXIES[proxy]} on the search half of the ` +
+      "validation images, with its channels masked and BatchNorm re-estimated on training images, before any " +
+      "finetuning. The proxy ranks candidates; finetuning decides (see the finalists)." : "";
     drawTimeline();
     if (FINISHED.has(job.status) && !resultsShown) {
       resultsShown = true;
@@ -119,11 +136,14 @@ export function renderJob(main, jobId, { navigate }) {
       let state = "pending";
       if (i < current || (finished && job.status === "succeeded")) state = "done";
       else if (i === current) state = finished ? (job.status === "succeeded" ? "done" : "stopped") : "current";
+      if (state === "stopped" && job.status === "cancelled") state = "cancelled";
       const took = start && end ? duration((Date.parse(end) - Date.parse(start)) / 1000) : "";
+      const resumed = resumes[name] ? ` · resumed ×${resumes[name]}` : "";
       items.push(h(`li.${state}`, { dataset: { stage: name, state } }, h("strong", {}, name),
-        h("span.small.muted", {}, start ? `${time(start)}${took ? ` · ${took}` : ""}` : "")));
+        h("span.small.muted", {}, start ? `${time(start)}${took ? ` · ${took}` : ""}${resumed}` : "")));
     });
-    items.push(h(`li.${finished ? "done" : "pending"}`, {}, h("strong", {}, finished ? job.status : "done"),
+    const end = finished ? END_STATE[job.status] : "pending";
+    items.push(h(`li.${end}`, { dataset: { stage: "end", state: end } }, h("strong", {}, finished ? job.status : "done"),
       h("span.small.muted", {}, finished ? time(job.finished_at) : "")));
     fill(timeline, items);
   }
@@ -131,6 +151,8 @@ export function renderJob(main, jobId, { navigate }) {
   function onEvent(event) {
     appendLog(event);
     if (event.type === "stage" && event.stage) stageStarts[event.stage] = event.at;
+    if (event.type === "resumed" && event.stage) resumes[event.stage] = (resumes[event.stage] || 0) + 1;
+    if (event.type === "warning") warn(event.message);
     if (event.type === "epoch" && charts[event.stage]) trainingPoint(event);
     if (event.type === "prune_step" && !searchFromReport) {
       const d = event.data;
@@ -154,6 +176,13 @@ export function renderJob(main, jobId, { navigate }) {
       if (!chart.has(label)) chart.addSeries({ label, color: RUN_COLORS[(seen.length - 2) % RUN_COLORS.length], scale: "pct", dash: [6, 4] });
       chart.put(d.epoch, { [label]: d.val_accuracy });
     }
+  }
+
+  function warn(message) {
+    if (!message || warned.has(message)) return;
+    warned.add(message);
+    warningsBox.append(h("li", {}, message));
+    warningsBox.hidden = false;
   }
 
   function appendLog(event) {
@@ -232,6 +261,7 @@ export function renderJob(main, jobId, { navigate }) {
     ].filter(Boolean);
     searchInfo.textContent = facts.join(" · ");
     if (report.finalists) fill(finalistsBox, finalists(report.finalists));
+    (report.warnings || []).forEach((w) => warn(w.message));
     fill(summary, comparison(report));
     if (report.layers?.length) fill(layersBox, layerBars(report.layers));
     fill(baselinesBox, baselines(report));
@@ -312,6 +342,7 @@ function comparison(report) {
     return `${(after / before).toFixed(3)}×`;
   };
   const budget = report.budget;
+  const reestimated = report.pruned?.accuracy_bn_reestimated;
   return h("div", {},
     h("table.compare", { id: "comparison" },
       h("thead", {}, h("tr", {}, h("th"), cols.map(([, t]) => h("th.num", {}, t)), h("th.num", {}, "final / before"))),
@@ -320,7 +351,11 @@ function comparison(report) {
         return h("tr", {}, h("th", {}, label), values.map((v) => h("td.num", {}, format(v))),
           h("td.num.strong", {}, ratio(label, values[0], values[2])));
       }))),
-    budget ? h("p.small.muted", {}, `Budget: keep ≤ ${pct(budget.keep, 0)} of ${budget.metric}; achieved ${pct(budget.achieved, 1)}.`) : null);
+    budget ? h("p.small.muted", {}, `Budget: keep ≤ ${pct(budget.keep, 0)} of ${budget.metric}; achieved ${pct(budget.achieved, 1)}.`) : null,
+    reestimated === undefined ? null : h("p.small.muted", { id: "bn-reestimated" },
+      `Pruned with BatchNorm re-estimated on 128 training images: ${pct(reestimated)} (against ${pct(report.pruned.accuracy)} ` +
+      "as cut). Removing channels shifts the statistics later layers were normalised for; the search scores " +
+      "candidates after re-estimating them, which is why its proxy accuracy sits above the pruned accuracy."));
 }
 
 /** The same-budget baselines next to the agent's result: did the search earn its keep? */
