@@ -61,6 +61,7 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
     submit.add_argument("--idempotency-key", help="repeat-safe submission: the same key returns the same job")
     listing = command(actions, "list", _list, "your jobs, newest first")
     listing.add_argument("--status", help="only jobs in this state")
+    listing.add_argument("--name", help="only jobs whose name contains this (ignoring case)")
     listing.add_argument("--limit", type=int, default=20, help="at most this many (default %(default)s)")
     command(actions, "show", _show, "a job as JSON", "id")
     command(actions, "watch", _watch, "follow a job to its end", "id")
@@ -136,7 +137,7 @@ def _submit(client: Client, args: argparse.Namespace) -> int:
 def _list(client: Client, args: argparse.Namespace) -> int:
     columns = ("id", "name", "status", "stage", "progress", "accuracy", "MACs kept", "created")
     rows = []
-    for job in client.list(args.status, page_size=min(max(args.limit, 1), 200)):
+    for job in client.list(args.status, name=args.name, page_size=min(max(args.limit, 1), 200)):
         if len(rows) >= args.limit:
             break
         before, final = _figure(job, "baseline", "accuracy"), _figure(job, "final", "accuracy")

@@ -65,9 +65,10 @@ class Client:
     def get(self, job_id: str) -> Job:
         return Job.model_validate(self._request("GET", f"/jobs/{job_id}").json())
 
-    def list(self, status: str | None = None, *, page_size: int = 50) -> Iterator[Job]:
-        """Every job of the caller, newest first, following the API's cursor pages."""
-        params = {"limit": page_size, **({"status": status} if status else {})}
+    def list(self, status: str | None = None, *, name: str | None = None, page_size: int = 50) -> Iterator[Job]:
+        """Every job of the caller (those whose name contains ``name``, ignoring case, if given), newest
+        first, following the API's cursor pages."""
+        params = {"limit": page_size, **({"status": status} if status else {}), **({"name": name} if name else {})}
         path: str | None = "/jobs"
         while path is not None:
             page = JobPage.model_validate(self._request("GET", path, params=params).json())

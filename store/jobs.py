@@ -156,12 +156,15 @@ class Cursor:
             raise InvalidCursor("is not a cursor from a previous page's next link") from exc
 
 
-def list_jobs(session: Session, tenant: str, *, status: str | None, limit: int,
-              after: Cursor | None) -> tuple[list[Job], Cursor | None]:
-    """Newest first, keyset-paged; returns the page and the cursor of the next one (None on the last)."""
+def list_jobs(session: Session, tenant: str, *, status: str | None, limit: int, after: Cursor | None,
+              name: str | None = None) -> tuple[list[Job], Cursor | None]:
+    """Newest first, keyset-paged; returns the page and the cursor of the next one (None on the last).
+    ``name`` keeps the jobs whose name contains it, ignoring case; ``%`` and ``_`` in it are literal."""
     query = select(Job).where(Job.tenant == tenant)
     if status:
         query = query.where(Job.status == status)
+    if name:
+        query = query.where(Job.name.icontains(name, autoescape=True))
     if after:
         query = query.where(or_(Job.created_at < after.created_at,
                                 and_(Job.created_at == after.created_at, Job.id < after.job_id)))

@@ -123,14 +123,17 @@ def submit(spec: JobSpec, response: Response, tenant: TenantDep, services: Servi
 def list_jobs(tenant: TenantDep, services: ServicesDep,
               status: Literal[*(s.value for s in JobStatus)] | None = None,  # type: ignore[valid-type]
               limit: Annotated[int, Query(ge=1, le=200)] = 50,
-              after: Annotated[str | None, Query(max_length=300)] = None) -> JobPage:
+              after: Annotated[str | None, Query(max_length=300)] = None,
+              name: Annotated[str | None, Query(max_length=200, description="jobs whose name contains this, "
+                                                "ignoring case")] = None) -> JobPage:
     try:
         cursor = jobs.Cursor.decode(after) if after else None
     except jobs.InvalidCursor as exc:
         raise invalid("after", str(exc)) from exc
     with services.sessions() as session:
-        page, following = jobs.list_jobs(session, tenant, status=status, limit=limit, after=cursor)
-    link = None if following is None else next_link("/jobs", status=status, limit=limit, after=following.encode())
+        page, following = jobs.list_jobs(session, tenant, status=status, limit=limit, after=cursor, name=name)
+    link = None if following is None else next_link("/jobs", status=status, name=name, limit=limit,
+                                                    after=following.encode())
     return JobPage(items=[JobOut.of(j) for j in page], next=link)
 
 

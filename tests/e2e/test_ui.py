@@ -376,6 +376,21 @@ def test_jobs_page_filters_pages_and_deletes(browser, service):
     assert second
 
     doomed = STATE.get("cancelled") or pytest.skip("needs the cancelled job of the cancel test")
+    # search by a part of the name (the API's filter, kept in the address), then sort the page by a column
+    browser.goto(f"{base}/ui")
+    browser.wait(f"{rows}.length >= 3")
+    browser.set_value("#job-search", "WAIT")
+    browser.wait(f"JSON.stringify({rows}) === {json.dumps(json.dumps([doomed]).replace(' ', ''))}")
+    assert "name=WAIT" in browser.js("location.search")
+    browser.set_value("#job-search", "")
+    browser.wait(f"{rows}.length >= 3")
+    names = ("[...document.querySelectorAll('#jobs tbody tr[data-job-id] td.name a')]"
+             ".map(a => a.textContent.toLowerCase())")
+    browser.click("th[data-sort=name]")
+    ascending = browser.wait(f"(() => {{ const n = {names}; return n.join() === [...n].sort().join() && n; }})()")
+    browser.click("th[data-sort=name]")
+    browser.wait(f"{names}.join() === {json.dumps(','.join(sorted(ascending, reverse=True)))}")
+
     browser.goto(f"{base}/ui/jobs/{doomed}")
     browser.wait("!document.querySelector('#delete-job')?.hidden")
     confirm(browser, "#delete-job")

@@ -242,6 +242,25 @@ def test_list_is_newest_first_with_a_cursor_and_a_status_filter(service):
     assert client.get("/jobs?status=bogus", headers=auth(keys["bob"])).status_code == 422
 
 
+def test_list_finds_jobs_by_a_part_of_their_name_across_pages(service):
+    _, client, keys = service
+    names = ["Cats-vs-dogs 1", "cats_vs_dogs 2", "CATS-VS-DOGS 3", "birds 100%"]
+    created = {n: submit(client, keys["bob"], {**SPEC, "name": n}).json()["id"] for n in names}
+    seen, url = [], "/jobs?limit=1&name=cats"
+    while url:
+        page = client.get(url, headers=auth(keys["bob"])).json()
+        seen += [j["name"] for j in page["items"]]
+        url = page["next"]
+        assert not url or "name=cats" in url
+    assert seen == names[:3][::-1]
+    found = lambda part: [j["id"] for j in client.get(  # noqa: E731
+        "/jobs", params={"name": part}, headers=auth(keys["bob"])).json()["items"]]
+    assert found("s_v") == [created["cats_vs_dogs 2"]], "_ is literal"
+    assert found("100%") == [created["birds 100%"]] and found("0%0") == [], "% is literal"
+    assert found("cats") and client.get("/jobs?name=cats", headers=auth(keys["alice"])).json()["items"] == []
+    assert client.get("/jobs?name=" + "x" * 201, headers=auth(keys["bob"])).status_code == 422
+
+
 def test_etag_gives_304_until_the_job_changes(service):
     _, client, keys = service
     job = submit(client, keys["alice"]).json()
