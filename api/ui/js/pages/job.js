@@ -262,6 +262,10 @@ export function renderJob(main, jobId, { navigate }) {
     searchInfo.textContent = facts.join(" · ");
     if (report.finalists) fill(finalistsBox, finalists(report.finalists));
     (report.warnings || []).forEach((w) => warn(w.message));
+    if (report.latency?.busy) {
+      warn(`Latency was timed while other processes kept ${report.latency.other_cores} cores busy: ` +
+        "treat the speed-ups as noisy, and time again on a quiet machine.");
+    }
     fill(summary, comparison(report));
     if (report.layers?.length) fill(layersBox, layerBars(report.layers));
     fill(baselinesBox, baselines(report));
