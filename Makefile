@@ -12,7 +12,7 @@ RUN := $(UV) run --frozen --compile-bytecode
 .tools/bin/uv:
 	python3 -m venv .tools && .tools/bin/pip install --quiet uv==$(UV_VERSION)
 
-.PHONY: serve demo test lint compose-smoke
+.PHONY: serve demo test lint compose-smoke quickstart-check
 
 serve: $(filter .tools/bin/uv,$(UV))  ## the API and one worker on an embedded store (SQLite), at http://127.0.0.1:8000 (PORT=… for another port)
 	$(RUN) rlprune serve $(if $(PORT),--port $(PORT))
@@ -35,3 +35,6 @@ lint: $(filter .tools/bin/uv,$(UV))
 
 compose-smoke: $(filter .tools/bin/uv,$(UV))  ## docker compose up for real, a tiny job through it, and down again (root, 16 GB free disk)
 	bash ci/compose-smoke.sh
+
+quickstart-check:  ## the README's quick start pasted into fresh clones, with and without uv on the PATH (ci/quickstart.py)
+	python3 ci/quickstart.py
