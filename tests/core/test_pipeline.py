@@ -3,6 +3,7 @@ and ``rlprune run``."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -253,6 +254,19 @@ def test_cli_runs_a_job_and_prints_the_summary(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "accuracy" in result.stdout and "MACs" in result.stdout
     assert (tmp_path / "out" / "report.json").exists()
+    # The README's demo table has the shape this prints: the same columns, the same rows in the same order
+    # (the latency rows aside: this job times nothing, the demo's spec does).
+    readme = (REPO / "README.md").read_text()
+    demo = table_shape(readme[readme.index("ends with a table like this one"):].split("```")[1])
+    printed = table_shape(result.stdout[:result.stdout.index("┘")])  # the first table: the summary
+    assert demo[0] == printed[0] and [r for r in demo[1] if not r.startswith("latency")] == printed[1], (demo, printed)
+
+
+def table_shape(table: str) -> tuple[list[str], list[str]]:
+    """A rich table's column titles and row labels (its first cells), ignoring the figures."""
+    rows = [[c.strip() for c in re.split("[│┃]", line)[1:-1]] for line in table.splitlines()
+            if line.startswith(("│", "┃"))]
+    return rows[0][1:], [row[0] for row in rows[1:] if row[0]]
 
 
 @pytest.mark.parametrize(("content", "expected"), [
