@@ -163,7 +163,7 @@ def test_submit_shows_field_errors_then_follows_the_job_live(browser, service, t
     assert "prune.budget.keep" in error and "less than or equal to 1" in error
     assert browser.js("location.pathname") == "/ui/submit"
 
-    spec = tiny_spec(pretrain={"epochs": 4}, baselines=["l1"],
+    spec = tiny_spec(pretrain={"epochs": 4}, baselines=["l1"], finetune={"distillation": {"weight": 0.5}},
                      prune={"agent": "reinforce", "steps": 6, "samples_per_step": 4, "eval_samples": 64})
     browser.set_value("#spec", yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
     browser.click("#submit-job")
@@ -194,6 +194,11 @@ def test_submit_shows_field_errors_then_follows_the_job_live(browser, service, t
     legend = browser.js("[...document.querySelectorAll('#chart-pretrain .u-legend .u-series:not(:first-child) "
                         ".u-value')].map(e => e.textContent)")
     assert legend and "\N{EN DASH}" not in legend, legend  # the latest values, with no cursor on the chart
+    # a distilled finetune: the page says so, and its chart shows the loss's two parts
+    assert "Distilled from the unpruned model" in browser.js("document.querySelector('#distillation-info').textContent")
+    finetune_series = browser.js("[...document.querySelectorAll('#chart-finetune .u-legend .u-label')]"
+                                 ".map(e => e.textContent)")
+    assert {"label loss", "distillation loss"} <= set(finetune_series), finetune_series
 
     # Curves: one point per epoch or search step, and the lines really drawn on the canvas.
     points = "Number(document.querySelector('#chart-{}').dataset.points)"

@@ -57,6 +57,7 @@ export function renderJob(main, jobId, { navigate }) {
   const baselinesBox = h("div", { id: "baselines" }, h("p.muted", {}, "No baseline results yet."));
   const searchInfo = h("p.small.muted", { id: "search-info" });
   const rewardInfo = h("p.small.muted", { id: "reward-definition" });
+  const distillationInfo = h("p.small.muted", { id: "distillation-info" });
   const finalistsBox = h("div.small", { id: "finalists" });
   const chartBoxes = {
     pretrain: h("div.chart", { id: "chart-pretrain" }),
@@ -73,7 +74,7 @@ export function renderJob(main, jobId, { navigate }) {
       error, warningsBox, timeline),
     h("div.grid2", {},
       h("section.card", {}, h("h2", {}, "Pretraining"), chartBoxes.pretrain),
-      h("section.card", {}, h("h2", {}, "Finetuning"), chartBoxes.finetune)),
+      h("section.card", {}, h("h2", {}, "Finetuning"), chartBoxes.finetune, distillationInfo)),
     h("div.grid2", {},
       h("section.card", {}, h("h2", {}, "Channel search"), chartBoxes.search, rewardInfo, searchInfo, finalistsBox),
       h("section.card", {}, h("h2", {}, "Before → after"), summary)),
@@ -119,6 +120,11 @@ export function renderJob(main, jobId, { navigate }) {
     rewardInfo.textContent = PROXIES[proxy] ? `Reward: each candidate's ${PROXIES[proxy]} on the search half of the ` +
       "validation images, with its channels masked and BatchNorm re-estimated on training images, before any " +
       "finetuning. The proxy ranks candidates; finetuning decides (see the finalists)." : "";
+    const distillation = job.spec?.finetune?.distillation;
+    distillationInfo.textContent = distillation?.weight > 0
+      ? `Distilled from the unpruned model: loss = ${1 - distillation.weight} × label cross-entropy + ` +
+        `${distillation.weight} × T² × KL to its outputs softened at T = ${distillation.temperature}; ` +
+        "the chart shows both parts." : "Finetuned on the labels alone (no distillation).";
     drawTimeline();
     if (FINISHED.has(job.status) && !resultsShown) {
       resultsShown = true;
@@ -170,7 +176,13 @@ export function renderJob(main, jobId, { navigate }) {
     if (!seen.includes(run)) seen.push(run);
     const chart = charts[event.stage];
     if (seen[0] === run) {
-      chart.put(d.epoch, { loss: d.loss, "val accuracy": d.val_accuracy });
+      const parts = {};
+      for (const [key, label, color] of [["label_loss", "label loss", COLORS.orange], ["distillation_loss", "distillation loss", COLORS.purple]]) {
+        if (d[key] === null || d[key] === undefined) continue;  // a distilled finetune reports both parts
+        if (!chart.has(label)) chart.addSeries({ label, color, dash: [2, 3], width: 1 });
+        parts[label] = d[key];
+      }
+      chart.put(d.epoch, { loss: d.loss, "val accuracy": d.val_accuracy, ...parts });
     } else {
       const label = `val accuracy (${run})`;
       if (!chart.has(label)) chart.addSeries({ label, color: RUN_COLORS[(seen.length - 2) % RUN_COLORS.length], scale: "pct", dash: [6, 4] });
