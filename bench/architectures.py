@@ -1,20 +1,24 @@
-"""Which torchvision classification CNNs the structure layer prunes exactly, probed one by one.
+"""Which torchvision and timm classification CNNs the structure layer prunes exactly, probed one by one.
 
-For every CNN torchvision lists (the transformers left out: ViT, Swin, MaxViT), built with random weights and
+For every CNN torchvision lists (the transformers left out: ViT, Swin, MaxViT), or the timm CNNs of
+``TIMM_CANDIDATES`` with ``--source timm``, built with random weights and
 BatchNorm statistics that look trained: find the prunable groups, keep the l1-largest half of the MACs with
 uniform ratios, and compare the masked model's logits with the physically pruned model's on 64-pixel images.
 The cost model's MACs and params are checked against a count of the pruned model's real layers. A model
 passes when the logits agree within 1e-4 of their own scale (random weights under BatchNorm statistics drawn
 at random blow deep ResNets' logits up to 1e7, where float32 rounding alone exceeds 1e-4) and the counts
-exactly; otherwise every failure is recorded.
+exactly; otherwise every failure is recorded. Each model is probed in a process of its own, so one that
+hangs (past PROBE_SECONDS) or crashes is recorded as such and the others still run.
 
-    uv run python -m bench.architectures [--only resnet18 densenet121 ...]
+    uv run python -m bench.architectures [--source timm] [--only resnet18 densenet121 ...]
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
+import json
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -32,6 +36,7 @@ from tests.support.models import looking_trained
 from .common import environment, write_results
 
 SIZE = 64
+PROBE_SECONDS = 120
 TRANSFORMERS = ("vit_", "swin_", "maxvit_")
 TOLERANCE = 1e-4
 
@@ -42,10 +47,27 @@ def cnn_names() -> list[str]:
     return [n for n in torchvision.models.list_models(module=torchvision.models) if not n.startswith(TRANSFORMERS)]
 
 
+# timm CNNs that practitioners commonly fine-tune, one or more per family (timm lists about a thousand models,
+# most of them sizes and training recipes of the same few families).
+TIMM_CANDIDATES = (
+    "resnet18", "resnet26d", "resnet50", "resnet50d", "resnet101d", "seresnext26d_32x4d", "resnext50_32x4d",
+    "wide_resnet50_2", "ecaresnet50d", "skresnet18", "res2net50_26w_4s", "resnest14d", "efficientnet_b0",
+    "efficientnet_b3", "tf_efficientnet_b0", "efficientnetv2_rw_s", "tf_efficientnetv2_s", "mobilenetv2_100",
+    "mobilenetv3_large_100", "mobilenetv3_small_100", "mobilenetv4_conv_small", "mnasnet_100", "fbnetc_100",
+    "ghostnet_100", "rexnet_100", "regnetx_008", "regnety_008", "regnety_040", "cspresnet50", "cspdarknet53",
+    "dla34", "densenet121", "dpn68", "hrnet_w18_small", "inception_v3", "xception41", "vgg16_bn", "repvgg_a2",
+    "convnext_nano", "convnext_tiny", "lcnet_100", "tinynet_a", "mixnet_s", "resnetv2_50",
+)
+
+
 def trained_looking(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    if name.startswith("timm/"):
+        import timm
+
+        return looking_trained(timm.create_model(name.removeprefix("timm/"), pretrained=False, num_classes=10))
     import torchvision
 
-    torch.manual_seed(0)
     return looking_trained(torchvision.models.get_model(name, weights=None, num_classes=10))
 
 
@@ -81,30 +103,48 @@ def probe(name: str) -> dict:
     return row
 
 
+def probe_apart(name: str) -> dict:
+    """:func:`probe` in a fresh process: a hang or a crash is that model's finding, not the benchmark's end."""
+    try:
+        done = subprocess.run([sys.executable, "-m", "bench.architectures", "--one", name], capture_output=True,
+                              text=True, timeout=PROBE_SECONDS)
+    except subprocess.TimeoutExpired:
+        return {"arch": name, "ok": False, "failure": f"no answer within {PROBE_SECONDS} s"}
+    if done.returncode != 0:
+        return {"arch": name, "ok": False, "failure": f"the probe exited with {done.returncode}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def _error(value: float | None) -> str:
     return "" if value is None else f"{value:.1e}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="+", help="these architectures only")
+    parser.add_argument("--only", nargs="+", help="these architectures only (timm's as timm/<name>)")
+    parser.add_argument("--source", choices=["torchvision", "timm"], default="torchvision")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # one probe, its row as JSON: what probe_apart runs
     args = parser.parse_args()
+    if args.one:
+        print(json.dumps(probe(args.one)))
+        return
     rows = []
-    for name in args.only or cnn_names():
-        rows.append(probe(name))
+    names = cnn_names() if args.source == "torchvision" else [f"timm/{n}" for n in TIMM_CANDIDATES]
+    for name in args.only or names:
+        rows.append(probe_apart(name))
         print(rows[-1], flush=True)
-        gc.collect()
     passed = [r["arch"] for r in rows if r["ok"]]
     data = {"environment": environment(torch.device("cpu")), "image_size": SIZE, "tolerance": TOLERANCE,
             "rows": rows, "passed": passed}
-    lines = [f"| {r['arch']} | {r['params_m']} | {r.get('groups', '')} | {_error(r.get('relative_error'))} | "
-             f"{'exact' if r['ok'] else r['failure']} |" for r in rows]
-    markdown = (f"# Which torchvision CNNs prune exactly\n\n`uv run python -m bench.architectures`: each CNN at "
-                f"{SIZE} pixels, half its MACs kept by uniform l1; masked logits against the physically pruned "
-                f"model's (tolerance {TOLERANCE}), the cost model against the pruned layers. **{len(passed)} of "
+    lines = [f"| {r['arch']} | {r.get('params_m', '')} | {r.get('groups', '')} | {_error(r.get('relative_error'))} "
+             f"| {'exact' if r['ok'] else r['failure']} |" for r in rows]
+    source = "" if args.source == "torchvision" else " --source timm"
+    markdown = (f"# Which {args.source} CNNs prune exactly\n\n`uv run python -m bench.architectures{source}`: "
+                f"each CNN at {SIZE} pixels, half its MACs kept by uniform l1; masked logits against the physically "
+                f"pruned model's (tolerance {TOLERANCE}), the cost model against the pruned layers. **{len(passed)} of "
                 f"{len(rows)} pass.**\n\n| architecture | params (M) | groups | relative error | result |\n"
                 f"|---|---|---|---|---|\n" + "\n".join(lines) + f"\n\nEnvironment: {data['environment']}.\n")
-    write_results("architectures", data, markdown)
+    write_results("architectures" if args.source == "torchvision" else "architectures-timm", data, markdown)
     print(markdown)
 
 

@@ -1,8 +1,9 @@
 """The architectures a spec may name, and why torchvision's other CNNs are refused.
 
 ``CifarArch`` are the built-in CIFAR-style models (a width multiplier scales them); ``TorchvisionArch`` every
-torchvision classification CNN that prunes exactly. torchvision's VGGs without BatchNorm share their names with
-the built-in VGGs (which have it), so those names mean the built-in ones.
+torchvision classification CNN that prunes exactly; ``TimmArch`` the timm (PyTorch Image Models) CNNs that do,
+named ``timm/<name>``. torchvision's VGGs without BatchNorm share their names with the built-in VGGs (which
+have it), so those names mean the built-in ones.
 """
 
 from __future__ import annotations
@@ -27,7 +28,20 @@ TorchvisionArch = Literal[
     "regnet_y_16gf", "regnet_y_32gf", "regnet_y_128gf",
     "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn",
 ]
-Arch = Literal[CifarArch, TorchvisionArch]
+# timm CNNs that practitioners fine-tune, each probed like torchvision's (bench/results/architectures-timm.md:
+# masked == removed, the cost model against the pruned layers); a family representative is tested in the suite.
+TimmArch = Literal[
+    "timm/resnet18", "timm/resnet26d", "timm/resnet50", "timm/resnet50d", "timm/resnet101d",
+    "timm/seresnext26d_32x4d", "timm/resnext50_32x4d", "timm/wide_resnet50_2", "timm/resnetv2_50",
+    "timm/efficientnet_b0", "timm/efficientnet_b3", "timm/tf_efficientnet_b0", "timm/efficientnetv2_rw_s",
+    "timm/tf_efficientnetv2_s", "timm/tinynet_a", "timm/mobilenetv2_100", "timm/mobilenetv3_large_100",
+    "timm/mobilenetv3_small_100", "timm/mobilenetv4_conv_small", "timm/lcnet_100", "timm/mnasnet_100",
+    "timm/fbnetc_100", "timm/regnetx_008", "timm/regnety_008", "timm/regnety_040", "timm/hrnet_w18_small",
+    "timm/xception41", "timm/vgg16_bn", "timm/repvgg_a2",
+]
+# Architectures a library builds at its own width (a width multiplier applies to the built-in ones only).
+LibraryArch = Literal[TorchvisionArch, TimmArch]
+Arch = Literal[CifarArch, LibraryArch]
 _NO_NORM = "has no BatchNorm after its convolutions, and channels are masked after one"
 REFUSED_ARCHS = {
     **dict.fromkeys(("densenet121", "densenet161", "densenet169", "densenet201"),
@@ -44,11 +58,15 @@ REFUSED_ARCHS = {
 def architecture_refusal(arch: str) -> str | None:
     """Why ``arch`` cannot be used (None when it can): the reason for a refused torchvision CNN, the closest
     known name for an unknown one."""
-    known = get_args(CifarArch) + get_args(TorchvisionArch)
+    known = get_args(CifarArch) + get_args(LibraryArch)
     if arch in known:
         return None
     if arch in REFUSED_ARCHS:
         return f"{arch} cannot be pruned exactly: it {REFUSED_ARCHS[arch]}"
+    if arch.startswith("timm/"):
+        close = difflib.get_close_matches(arch, get_args(TimmArch), n=1)
+        return (f"{arch[:100]!r} is not among the timm models rlprune prunes exactly"
+                + (f"; did you mean {close[0]!r}?" if close else "") + " (they are listed in docs/api.md)")
     close = difflib.get_close_matches(arch, known, n=1)
     return (f"unknown architecture {arch[:100]!r}" + (f"; did you mean {close[0]!r}?" if close else "")
             + " (the supported ones are listed in docs/api.md)")

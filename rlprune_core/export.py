@@ -20,7 +20,7 @@ from torch import nn
 from .checkpoint import load_weights
 from .data import InputContract
 from .files import write_atomically, write_serialized
-from .models import ModelConfig, build_model
+from .models import ModelConfig, build_model, built_by
 from .structure import PrunableGroup, find_groups
 from .surgery import prune_model
 
@@ -43,6 +43,7 @@ def model_description(config: ModelConfig, groups: Sequence[PrunableGroup], kept
     return {
         "format": FORMAT,
         "model": config.to_dict(),
+        "built_by": built_by(config.arch),
         "classes": list(classes),
         "input": contract.to_dict(),
         "groups": [

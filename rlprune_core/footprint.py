@@ -16,7 +16,7 @@ from functools import cache
 from pathlib import Path
 from typing import get_args
 
-from .architectures import TorchvisionArch
+from .architectures import LibraryArch
 from .errors import ResourceLimitError
 from .spec import DatasetSpec, JobSpec
 
@@ -107,7 +107,7 @@ def training_bytes(spec: JobSpec) -> TrainingFootprint | None:
     if sizes is None:
         return None
     # The built-in CIFAR models scale every layer's channels by the width: params by its square.
-    width = 1.0 if spec.model.arch in get_args(TorchvisionArch) else spec.model.width
+    width = 1.0 if spec.model.arch in get_args(LibraryArch) else spec.model.width
     batch = max(spec.pretrain.batch_size if spec.pretrain.epochs else 0, spec.finetune.batch_size)
     pixels = spec.dataset.image_size**2
     activations = batch * pixels * sizes["activations_per_pixel"] * width * FLOAT_BYTES

@@ -77,7 +77,12 @@ class CandidateBatchNorm:
                 scale = torch.rsqrt(var.clamp_min(0) + module.eps) * module.weight
                 self.stats[name] = (scale, module.bias - mean * scale)
             scale, shift = self.stats[name]
-            return torch.addcmul(shift[:, None, :, None], shaped, scale[:, None, :, None]).view(x.shape)
+            out = torch.addcmul(shift[:, None, :, None], shaped, scale[:, None, :, None]).view(x.shape)
+            # timm's BatchNormAct2d applies its dropout and activation after the affine, inside the module
+            for after in (getattr(module, "drop", None), getattr(module, "act", None)):
+                if isinstance(after, nn.Module):
+                    out = after(out)
+            return out
 
         return hook
 

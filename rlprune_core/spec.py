@@ -30,7 +30,7 @@ from pydantic import (
     model_validator,
 )
 
-from .architectures import Arch, TorchvisionArch, architecture_refusal
+from .architectures import Arch, LibraryArch, architecture_refusal
 from .errors import SpecError, describe_validation_error, yaml_problem
 
 # VGG and the torchvision models halve the image five times: below 32 pixels the last stage has nothing to
@@ -81,11 +81,11 @@ class _Strict(BaseModel):
 def default_image_size(arch: str) -> int:
     """The image size a job uses when its spec names none.
 
-    The built-in CIFAR models were designed for 32 x 32 images. torchvision's models were designed, and their
-    published weights trained, at 224 x 224, so a checkpoint of one scores as it was trained; a user whose
-    images are small sets ``dataset.image_size`` (32 at least) and saves 49x the compute.
+    The built-in CIFAR models were designed for 32 x 32 images. torchvision's and timm's models were designed,
+    and their published weights trained, at 224 x 224, so a checkpoint of one scores as it was trained; a user
+    whose images are small sets ``dataset.image_size`` (32 at least) and saves 49x the compute.
     """
-    return 224 if arch in get_args(TorchvisionArch) else 32
+    return 224 if arch in get_args(LibraryArch) else 32
 
 
 class ModelSpec(_Strict):
@@ -100,7 +100,8 @@ class ModelSpec(_Strict):
             raise ValueError(refusal)
         return arch
     width: Annotated[float, Field(gt=0.0, le=4.0)] = Field(
-        default=1.0, description="channel multiplier of the built-in CIFAR models; torchvision models take 1.0")
+        default=1.0, description="channel multiplier of the built-in CIFAR models; torchvision and timm models "
+        "take 1.0")
     checkpoint: Text | None = Field(
         default=None, description="safetensors state of the unpruned model to start from; pretrain.epochs "
         "then trains from it (0: use it as it is). A classifier of another class count is re-initialised."
@@ -110,8 +111,9 @@ class ModelSpec(_Strict):
     @classmethod
     def _width_applies_to_the_builtin_models(cls, width: float, info: ValidationInfo) -> float:
         arch = info.data.get("arch")
-        if arch in get_args(TorchvisionArch) and width != 1.0:
-            raise ValueError(f"{arch} is built at torchvision's own width, so width must be 1.0")
+        if arch in get_args(LibraryArch) and width != 1.0:
+            library = "timm" if arch.startswith("timm/") else "torchvision"
+            raise ValueError(f"{arch} is built at {library}'s own width, so width must be 1.0")
         return width
 
 

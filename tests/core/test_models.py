@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from rlprune_core.metrics import count_macs, count_params
-from rlprune_core.models import ARCHS, TORCHVISION_ARCHS, ModelConfig, build_model
+from rlprune_core.models import ARCHS, TIMM_ARCHS, TORCHVISION_ARCHS, ModelConfig, build_model
 
 
 def test_vgg16_has_the_published_size():
@@ -15,7 +15,7 @@ def test_vgg16_has_the_published_size():
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_every_arch_classifies_any_channel_count(arch):
-    width = 1.0 if arch in TORCHVISION_ARCHS else 0.25  # torchvision's models come at their own width
+    width = 1.0 if arch in TORCHVISION_ARCHS + TIMM_ARCHS else 0.25  # theirs come at their library's own width
     model = build_model(ModelConfig(arch, num_classes=7, in_channels=1, width=width)).eval()
     assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 7)
 
