@@ -98,7 +98,7 @@ def test_submit_wait_and_download_from_the_command_line(serve, tmp_path):
     assert listed.returncode == 0 and job_id[:8] in listed.stdout
     named = rlprune("jobs", "list", "--name", tiny.name.upper(), key=key, url=url)
     assert named.returncode == 0 and job_id in named.stdout
-    assert rlprune("jobs", "list", "--name", "no job is called this", key=key, url=url).stdout == ""
+    assert rlprune("jobs", "list", "--name", "no job is called this", key=key, url=url).stdout.strip() == ""
     shown = rlprune("jobs", "show", job_id, key=key, url=url)
     assert json.loads(shown.stdout)["status"] == "succeeded"
     assert rlprune("jobs", "delete", job_id, key=key, url=url).returncode == 0
