@@ -104,6 +104,11 @@ def enqueue(session: Session, job_id: str, event: str) -> int:
     return len(targets)
 
 
+def envelope(event: str, at: datetime, data: dict) -> str:
+    """A message's body: ``{"type", "timestamp", "data"}``, compact JSON (the bytes that are signed)."""
+    return json.dumps({"type": event, "timestamp": at.isoformat(), "data": data}, separators=(",", ":"))
+
+
 def enqueue_test(session: Session, tenant: str, endpoint_id: str) -> WebhookMessage | None:
     """A test event to the tenant's endpoint (None: no such endpoint), sent and retried like any message.
     Its body is fixed now, as it names no job. One may wait per endpoint (:class:`TestPending` otherwise), so
@@ -119,8 +124,7 @@ def enqueue_test(session: Session, tenant: str, endpoint_id: str) -> WebhookMess
     if pending is not None:
         raise TestPending("this webhook's test event is still waiting to be sent")
     now = utcnow()
-    body = json.dumps({"type": TEST_EVENT, "timestamp": now.isoformat(),
-                       "data": {"webhook_id": endpoint.id, "url": endpoint.url}}, separators=(",", ":"))
+    body = envelope(TEST_EVENT, now, {"webhook_id": endpoint.id, "url": endpoint.url})
     message = WebhookMessage(endpoint_id=endpoint.id, job_id="", event=TEST_EVENT, body=body, created_at=now,
                              next_attempt_at=now)
     session.add(message)

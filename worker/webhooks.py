@@ -20,7 +20,6 @@ another host's request), and of a receiver's answer only its status and a short,
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 import uuid
@@ -58,8 +57,7 @@ def render(sessions: sessionmaker[Session], claim: webhooks.Claim) -> str | None
         if job is None:
             return None
         data = JobView.model_validate(job_view(job)).model_dump(mode="json")
-    return json.dumps({"type": claim.event, "timestamp": claim.created_at.isoformat(), "data": data},
-                      separators=(",", ":"))
+    return webhooks.envelope(claim.event, claim.created_at, data)
 
 
 def signed_headers(secret: str, message_id: str, body: str, now: datetime) -> dict[str, str]:
