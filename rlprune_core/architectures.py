@@ -27,6 +27,7 @@ TorchvisionArch = Literal[
     "regnet_x_32gf", "regnet_y_400mf", "regnet_y_800mf", "regnet_y_1_6gf", "regnet_y_3_2gf", "regnet_y_8gf",
     "regnet_y_16gf", "regnet_y_32gf", "regnet_y_128gf",
     "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn",
+    "densenet121", "densenet161", "densenet169", "densenet201", "squeezenet1_0", "squeezenet1_1", "alexnet",
 ]
 # timm CNNs that practitioners fine-tune, each probed like torchvision's (bench/results/architectures-timm.md:
 # masked == removed, the cost model against the pruned layers); a family representative is tested in the suite.
@@ -37,18 +38,21 @@ TimmArch = Literal[
     "timm/tf_efficientnetv2_s", "timm/tinynet_a", "timm/mobilenetv2_100", "timm/mobilenetv3_large_100",
     "timm/mobilenetv3_small_100", "timm/mobilenetv4_conv_small", "timm/lcnet_100", "timm/mnasnet_100",
     "timm/fbnetc_100", "timm/regnetx_008", "timm/regnety_008", "timm/regnety_040", "timm/hrnet_w18_small",
-    "timm/xception41", "timm/vgg16_bn", "timm/repvgg_a2",
+    "timm/xception41", "timm/vgg16_bn", "timm/repvgg_a2", "timm/densenet121", "timm/dla34",
 ]
 # Architectures a library builds at its own width (a width multiplier applies to the built-in ones only).
 LibraryArch = Literal[TorchvisionArch, TimmArch]
 Arch = Literal[CifarArch, LibraryArch]
-_NO_NORM = "has no BatchNorm after its convolutions, and channels are masked after one"
+# Where a layer reads several groups' channels side by side (a concatenation), the latency table, which times a
+# layer by one input count, cannot price it: these take MACs and params budgets only.
+CONCATENATING = frozenset(("densenet121", "densenet161", "densenet169", "densenet201", "squeezenet1_0",
+                           "squeezenet1_1", "timm/densenet121", "timm/dla34"))
+# The smallest image an architecture's downsampling leaves a pixel of (the spec's floor is 32 otherwise).
+MIN_IMAGE_SIZES = {"alexnet": 63}
 REFUSED_ARCHS = {
-    **dict.fromkeys(("densenet121", "densenet161", "densenet169", "densenet201"),
-                    "passes channels to later layers by concatenation, which the masking does not follow yet"),
     **dict.fromkeys(("convnext_tiny", "convnext_small", "convnext_base", "convnext_large"),
-                    "normalises with LayerNorm, and channels are masked after a BatchNorm"),
-    **dict.fromkeys(("alexnet", "squeezenet1_0", "squeezenet1_1"), _NO_NORM),
+                    "normalises with LayerNorm across channels, so a masked channel still shifts the others and no "
+                    "masked model equals the pruned one"),
     **dict.fromkeys(("shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0"),
                     "shuffles channels between branches, which the structure layer cannot follow"),
     **dict.fromkeys(("googlenet", "inception_v3"), "has auxiliary classifiers the cost model does not see"),

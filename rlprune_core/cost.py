@@ -39,15 +39,23 @@ class CostModel:
     pair_params: np.ndarray  # (L,) weights per (input, output) channel pair
     single_index: np.ndarray  # (S,) channel counts that carry per-channel params (biases, BN affine)
     single_params: np.ndarray  # (S,)
-    layers: tuple[str, ...] = ()  # (L,) the conv/linear modules behind pair_in/pair_out, in that order
-    norms: tuple[tuple[str, int], ...] = ()  # each BatchNorm and the index of its channel count
+    # (L,) the conv/linear modules behind pair_in/pair_out, in that order (one per part of a concatenated input)
+    layers: tuple[str, ...] = ()
+    norms: tuple[tuple[str, int], ...] = ()  # each BatchNorm (or part of one) and the index of its channel count
     # metric -> predictor, for metrics it does not count itself (a latency budget's table)
     predictors: Mapping[str, Predictor] = field(default_factory=dict)
 
     @classmethod
     def from_model(cls, model: nn.Module, groups: list[PrunableGroup], example: torch.Tensor) -> CostModel:
-        out_group = {name: i for i, g in enumerate(groups) for name in (*g.producers, *g.norms)}
-        in_group = {name: i for i, g in enumerate(groups) for name in g.consumers}
+        out_group = {name: i for i, g in enumerate(groups) for name in g.producers}
+        # A layer or norm after a concatenation reads several groups' channels side by side: each group is
+        # one segment of its inputs, priced as a pair of its own (MACs are linear in each count).
+        in_segments: dict[str, list[tuple[int, int]]] = {}  # name -> (group, inputs read from it)
+        for i, g in enumerate(groups):
+            for name, reads in zip(g.consumers, g.consumer_reads, strict=True):
+                in_segments.setdefault(name, []).append((i, reads))
+            for name in g.norms:
+                in_segments.setdefault(name, []).append((i, g.size))
         spatial: dict[str, int] = {}
         hooks = [
             module.register_forward_hook(
@@ -61,38 +69,43 @@ class CostModel:
 
         fixed: list[int] = []
 
-        def index(name: str, table: dict[str, int], channels: int) -> int:
-            if name in table:
-                return table[name]
+        def constant(channels: int) -> int:
             fixed.append(channels)
             return len(groups) + len(fixed) - 1
+
+        def segments(name: str, channels: int) -> list[tuple[int, int]]:
+            """(count index, inputs per counted channel) covering ``channels``: the groups' segments, then
+            what no group prunes as one constant count."""
+            parts = [(g, reads // groups[g].size) for g, reads in in_segments.get(name, [])]
+            rest = channels - sum(reads for _, reads in in_segments.get(name, []))
+            return parts + ([(constant(rest), 1)] if rest > 0 else [])
 
         pair_in, pair_out, pair_macs, pair_params, single_index, single_params = [], [], [], [], [], []
         layers, norms = [], []
         for name, module in model.named_modules():
             if isinstance(module, nn.Conv2d | nn.Linear):
-                layers.append(name)
                 kernel = module.weight[0, 0].numel()
                 in_channels = module.weight.shape[1]  # per group: a grouped conv reads in / groups channels
-                out_channels = module.weight.shape[0]
+                out_index = out_group[name] if name in out_group else constant(module.weight.shape[0])
                 # A grouped conv's inputs per group never change: a depthwise conv stays depthwise (1 per
                 # group) as its channels go, and other grouped convs are never pruned (see structure.py).
                 grouped = isinstance(module, nn.Conv2d) and module.groups != 1
-                pair_in.append(index(name, {} if grouped else in_group, in_channels))
-                # A linear after a flatten reads every position of each channel (VGG's 7 x 7 per channel).
-                positions = in_channels // groups[in_group[name]].size if name in in_group and not grouped else 1
-                out_index = index(name, out_group, out_channels)
-                pair_out.append(out_index)
-                pair_params.append(kernel * positions)
-                pair_macs.append(kernel * positions * spatial.get(name, 1))
+                # a linear after a flatten reads every position of each channel (VGG's 7 x 7 per channel)
+                for in_index, positions in [(constant(in_channels), 1)] if grouped else segments(name, in_channels):
+                    layers.append(name)
+                    pair_in.append(in_index)
+                    pair_out.append(out_index)
+                    pair_params.append(kernel * positions)
+                    pair_macs.append(kernel * positions * spatial.get(name, 1))
                 if module.bias is not None:
                     single_index.append(out_index)
                     single_params.append(1)
             elif isinstance(module, nn.BatchNorm2d):
-                norms.append((name, index(name, out_group, module.num_features)))
-                if module.affine:
-                    single_index.append(norms[-1][1])
-                    single_params.append(2)
+                for index, _ in segments(name, module.num_features):
+                    norms.append((name, index))
+                    if module.affine:
+                        single_index.append(index)
+                        single_params.append(2)
         as_int = lambda values: np.asarray(values, dtype=np.int64)  # noqa: E731
         return cls(
             group_sizes=as_int([g.size for g in groups]), fixed=as_int(fixed),
@@ -101,6 +114,12 @@ class CostModel:
             single_index=as_int(single_index), single_params=as_int(single_params),
             layers=tuple(layers), norms=tuple(norms),
         )
+
+    @property
+    def concatenates(self) -> bool:
+        """Whether some layer or norm reads channels of several groups (or of a group and unpruned ones) side
+        by side, as after a concatenation: such a layer appears once per part in ``layers`` and ``norms``."""
+        return len(set(self.layers)) < len(self.layers) or len({n for n, _ in self.norms}) < len(self.norms)
 
     def with_predictor(self, metric: str, predictor: Predictor) -> CostModel:
         return replace(self, predictors={**self.predictors, metric: predictor})

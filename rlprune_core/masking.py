@@ -1,7 +1,9 @@
-"""Keep-masks applied after BatchNorm, for one candidate or many evaluated in one batched forward pass.
+"""Keep-masks applied after BatchNorm (or a producing conv where no BatchNorm follows), for one candidate or
+many evaluated in one batched forward pass.
 
-A masked channel is exactly zero after its BatchNorm, so everything downstream sees what it would see if
-the channel were removed: the masked model's logits equal the physically pruned model's.
+A masked channel is exactly zero at each of its group's mask sites (structure.PrunableGroup.mask_sites), so
+everything downstream sees what it would see if the channel were removed: the masked model's logits equal the
+physically pruned model's.
 """
 
 from __future__ import annotations
@@ -22,14 +24,18 @@ def masked(model: nn.Module, groups: Sequence[PrunableGroup], masks: Sequence[Te
     The batch is read as K consecutive blocks, block k masked by row k; K = 1 masks the whole batch.
     """
 
-    def hook_for(mask: Tensor):
+    def hook_for(mask: Tensor, offset: int):
         def hook(_module: nn.Module, _inputs: tuple, out: Tensor) -> Tensor:
-            k = mask.shape[0]
+            k, size = mask.shape
             shaped = out.view(k, out.shape[0] // k, *out.shape[1:])
-            weights = mask.to(out.dtype).view(k, 1, mask.shape[1], *([1] * (out.dim() - 2)))
+            weights = mask.to(out.dtype).view(k, 1, size, *([1] * (out.dim() - 2)))
             if torch.is_grad_enabled():
+                if size != out.shape[1]:  # the group holds a slice of these channels (a concatenation)
+                    ones = torch.ones(k, 1, out.shape[1], *weights.shape[3:], dtype=out.dtype, device=out.device)
+                    weights = ones.index_copy(2, torch.arange(offset, offset + size, device=out.device), weights)
                 return (shaped * weights).view(out.shape)
-            shaped.mul_(weights)  # scoring only: no autograd graph to protect, so save an allocation
+            # scoring only: no autograd graph to protect, so save an allocation
+            shaped.narrow(2, offset, size).mul_(weights)
             return out
 
         return hook
@@ -39,8 +45,8 @@ def masked(model: nn.Module, groups: Sequence[PrunableGroup], masks: Sequence[Te
         for group, mask in zip(groups, masks, strict=True):
             if mask.shape[-1] != group.size:
                 raise ValueError(f"mask for {group.name} has {mask.shape[-1]} channels, the group has {group.size}")
-            for norm in group.norms:
-                handles.append(model.get_submodule(norm).register_forward_hook(hook_for(mask)))
+            for site, offset in group.mask_sites:
+                handles.append(model.get_submodule(site).register_forward_hook(hook_for(mask, offset)))
         yield
     finally:
         for handle in handles:

@@ -138,11 +138,14 @@ def l1_importance(model: nn.Module, group: PrunableGroup, _generator: torch.Gene
 
 
 def bn_scale_importance(model: nn.Module, group: PrunableGroup,
-                        _generator: torch.Generator | None = None) -> torch.Tensor:
-    """Sum of |gamma| of the BatchNorms that scale each channel (network slimming, Liu et al. 2017)."""
+                        generator: torch.Generator | None = None) -> torch.Tensor:
+    """Sum of |gamma| of the BatchNorms that scale each channel (network slimming, Liu et al. 2017); the l1
+    criterion for a group no BatchNorm scales."""
+    if not group.norms:
+        return l1_importance(model, group, generator)
     total = torch.zeros(group.size)
-    for name in group.norms:
-        total += model.get_submodule(name).weight.detach().float().cpu().abs()
+    for name, offset in zip(group.norms, group.norm_offsets, strict=True):
+        total += model.get_submodule(name).weight.detach().float().cpu().abs()[offset:offset + group.size]
     return total
 
 

@@ -35,7 +35,7 @@ from ..device import prepare_input
 from ..environment import PruningEnvironment, masks_of
 from ..loader import BatchLoader
 from ..masking import masked
-from ..selection import channel_scores, ranking, top_k, uniform_counts
+from ..selection import bn_scale_importance, channel_scores, l1_importance, ranking, top_k, uniform_counts
 from ..training import save_atomic, sgd_steps
 from .base import (
     Leaderboard,
@@ -81,11 +81,12 @@ def filter_features(model: nn.Module, context: SearchContext, masks: list[Tensor
                     target_ratio: float, images: Tensor) -> Tensor:
     """(C, FEATURES) features of the filters of group ``index`` in ``model`` under the current masks."""
     group = context.groups[index]
-    weight_norm = sum(model.get_submodule(p).weight.abs().flatten(1).sum(1).cpu() for p in group.producers)
-    bn_scale = sum(model.get_submodule(n).weight.abs().cpu() for n in group.norms)
+    weight_norm = l1_importance(model, group)
+    bn_scale = bn_scale_importance(model, group)
+    site, offset = group.mask_sites[0]
     activations: list[Tensor] = []
-    hook = model.get_submodule(group.norms[0]).register_forward_hook(
-        lambda _m, _i, out: activations.append(out.relu().mean(dim=(0, 2, 3)).cpu()))
+    hook = model.get_submodule(site).register_forward_hook(
+        lambda _m, _i, out: activations.append(out.narrow(1, offset, group.size).relu().mean(dim=(0, 2, 3)).cpu()))
     model.eval()
     try:
         with masked(model, context.groups, masks):

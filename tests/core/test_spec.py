@@ -150,7 +150,7 @@ def test_a_latency_budget_is_measured_at_batch_one_on_the_job_s_device_unless_to
 
 
 @pytest.mark.parametrize(("arch", "words"), [
-    ("densenet121", "concatenation"), ("convnext_tiny", "LayerNorm"), ("shufflenet_v2_x1_0", "shuffles"),
+    ("googlenet", "auxiliary"), ("convnext_tiny", "LayerNorm"), ("shufflenet_v2_x1_0", "shuffles"),
     ("resnet19", "did you mean 'resnet18'"), ("no-such-net", "unknown architecture"),
 ])
 def test_a_refused_architecture_is_told_why_in_one_short_line(arch, words):
@@ -158,6 +158,16 @@ def test_a_refused_architecture_is_told_why_in_one_short_line(arch, words):
         JobSpec.from_text(json.dumps({"model": {"arch": arch}}))
     assert str(refused.value).startswith("model.arch: ") and words in str(refused.value)
     assert len(str(refused.value)) < 200
+
+
+def test_a_concatenating_network_takes_counted_budgets_and_alexnet_its_smallest_image():
+    spec = {"model": {"arch": "densenet121"}, "dataset": {"image_size": 32}}
+    assert JobSpec.from_text(json.dumps({**spec, "prune": {"budget": {"metric": "params", "keep": 0.3}}}))
+    with pytest.raises(SpecError, match=r"prune\.budget\.metric must be macs or params for densenet121"):
+        JobSpec.from_text(json.dumps({**spec, "prune": {"budget": {"metric": "latency", "keep": 0.5}}}))
+    with pytest.raises(SpecError, match="image_size must be at least 63 for alexnet"):
+        JobSpec.from_text(json.dumps({"model": {"arch": "alexnet"}, "dataset": {"image_size": 32}}))
+    assert JobSpec.from_text(json.dumps({"model": {"arch": "alexnet"}, "dataset": {"image_size": 64}}))
 
 
 @pytest.mark.parametrize("example", sorted((REPO / "examples").glob("*.json")), ids=lambda p: p.name)

@@ -12,12 +12,10 @@ from rlprune_core.masking import CandidateBatchNorm
 from rlprune_core.models import TIMM_ARCHS, ModelConfig, build_model
 from rlprune_core.spec import JobSpec
 
-from ..support.models import params, pruned_exactly, trained_looking
-
-REPRESENTATIVES = ["timm/resnet50d", "timm/efficientnet_b0"]
+from ..support.models import TIMM_REPRESENTATIVES, params, pruned_exactly, trained_looking
 
 
-@pytest.mark.parametrize("arch", params(REPRESENTATIVES))
+@pytest.mark.parametrize("arch", params(TIMM_REPRESENTATIVES))
 def test_a_representative_of_each_timm_family_prunes_exactly(arch):
     assert arch in TIMM_ARCHS
     pruned_exactly(arch)

@@ -14,26 +14,27 @@ from rlprune_core.data import InputContract
 from rlprune_core.export import export_onnx, export_program, export_pt2, model_description, save_weights
 from rlprune_core.models import ModelConfig
 
-from ..support.models import SIZE, params, pruned_exactly
+from ..support.models import params, pruned_exactly, size_for
 
-CONTRACT = InputContract(channels=3, size=SIZE, mean=[0.5] * 3, std=[0.25] * 3, resize=None)
 # The exports are checked for one or two models of each family: an export's trace (most of a test's time)
 # meets the same module kinds in a family's deeper or wider variants.
 EXPORTED = ["resnet18", "resnet50", "resnext50_32x4d", "mobilenet_v2", "mobilenet_v3_small", "mnasnet0_5",
-            "efficientnet_b0", "regnet_x_400mf", "vgg11_bn"]
+            "efficientnet_b0", "regnet_x_400mf", "vgg11_bn", "densenet121", "squeezenet1_1", "alexnet"]
 
 
 
 @pytest.mark.parametrize("arch", params(EXPORTED))
 def test_torchvision_models_export_and_reload_to_the_same_logits(arch, tmp_path):
     pruned, groups, kept = pruned_exactly(arch)
+    size = size_for(arch)
+    contract = InputContract(channels=3, size=size, mean=[0.5] * 3, std=[0.25] * 3, resize=None)
     config = ModelConfig(arch, num_classes=10, in_channels=3)
-    (tmp_path / "model.json").write_text(json.dumps(model_description(config, groups, kept, CONTRACT,
+    (tmp_path / "model.json").write_text(json.dumps(model_description(config, groups, kept, contract,
                                                                       list("0123456789"))))
     save_weights(pruned, tmp_path / "model.safetensors")
-    program = export_program(pruned, CONTRACT)
+    program = export_program(pruned, contract)
     export_pt2(program, tmp_path / "model.pt2")
-    x = torch.randn(3, 3, SIZE, SIZE)  # another batch size than the exporters traced
+    x = torch.randn(3, 3, size, size)  # another batch size than the exporters traced
     loaded = load_model(tmp_path)
     with torch.no_grad():
         reference = pruned(x)

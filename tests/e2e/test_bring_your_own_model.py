@@ -1,6 +1,7 @@
-"""A new user's path over HTTP only: upload an image-folder archive and a torchvision ResNet-18 state dict,
-prune the model they hold (no pretraining), download the ONNX file and score it on the archive's test
-images with nothing but ``model.json``'s input contract and ONNX Runtime."""
+"""A new user's path over HTTP only: upload an image-folder archive and the state dict of a model they trained
+with torchvision (a DenseNet-121, whose layers read concatenated channels) or timm, prune the model they hold (no
+pretraining), download the ONNX file and score it on the archive's test images with nothing but
+``model.json``'s input contract and ONNX Runtime."""
 
 from __future__ import annotations
 
@@ -49,10 +50,18 @@ def archive(per_class: dict[str, int]) -> tuple[bytes, dict[str, list[tuple[np.n
     return out.getvalue(), images
 
 
-def trained_resnet18(images: list[tuple[np.ndarray, int]]) -> torch.nn.Module:
-    """What a user brings: a torchvision ResNet-18 they trained on their own images."""
+def built_by_their_library(arch: str) -> torch.nn.Module:
+    if arch.startswith("timm/"):
+        import timm
+
+        return timm.create_model(arch.removeprefix("timm/"), pretrained=False, num_classes=len(CLASSES))
+    return torchvision.models.get_model(arch, weights=None, num_classes=len(CLASSES))
+
+
+def trained(arch: str, images: list[tuple[np.ndarray, int]]) -> torch.nn.Module:
+    """What a user brings: a model they built with torchvision or timm and trained on their own images."""
     torch.manual_seed(0)
-    model = torchvision.models.resnet18(num_classes=len(CLASSES))
+    model = built_by_their_library(arch)
     x = torch.stack([torch.from_numpy(p).permute(2, 0, 1).float() / 255 for p, _ in images])
     x = (x - 0.5) / 0.25
     y = torch.tensor([label for _, label in images])
@@ -78,22 +87,23 @@ def client(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_a_user_prunes_their_own_torchvision_model_on_their_own_data(client):
+@pytest.mark.parametrize("arch", ["densenet121", "timm/resnet18"])
+def test_a_user_prunes_their_own_model_on_their_own_data(client, arch):
     body, images = archive({"train": 24, "test": 8})
     dataset = client.post("/datasets", content=body, headers={"Content-Type": "application/gzip"})
     assert dataset.status_code == 201, dataset.text
     assert dataset.json()["classes"] == list(CLASSES)
-    user_model = trained_resnet18(images["train"])
+    user_model = trained(arch, images["train"])
     state = {k: v.contiguous() for k, v in user_model.state_dict().items()}
-    weights = client.post("/checkpoints", files={"file": ("resnet18.safetensors", save(state))})
+    weights = client.post("/checkpoints", files={"file": ("weights.safetensors", save(state))})
     assert weights.status_code == 201, weights.text
 
     spec = {
-        "name": "my-resnet18", "device": "cpu",
-        "model": {"arch": "resnet18", "checkpoint": f"upload:{weights.json()['id']}"},
+        "name": f"my-{arch}", "device": "cpu",
+        "model": {"arch": arch, "checkpoint": f"upload:{weights.json()['id']}"},
         "dataset": {"name": "imagefolder", "root": f"upload:{dataset.json()['id']}", "image_size": SIZE},
         "pretrain": {"epochs": 0},
-        "prune": {"steps": 2, "samples_per_step": 4, "budget": {"keep": 0.5}},
+        "prune": {"steps": 2, "samples_per_step": 4, "budget": {"keep": 0.5}, "finalists": None},
         "finetune": {"epochs": 1, "batch_size": 16},
         "export": {"formats": ["safetensors", "onnx"]},
     }
@@ -105,7 +115,7 @@ def test_a_user_prunes_their_own_torchvision_model_on_their_own_data(client):
         "the classifier fitted as it was"
 
     description = client.get(f"/jobs/{job['id']}/artifacts/model.json").json()
-    assert description["model"]["arch"] == "resnet18" and description["classes"] == list(CLASSES)
+    assert description["model"]["arch"] == arch and description["classes"] == list(CLASSES)
     session = onnxruntime.InferenceSession(client.get(f"/jobs/{job['id']}/artifacts/model.onnx").content,
                                            providers=["CPUExecutionProvider"])
     contract = description["input"]

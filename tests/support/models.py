@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from rlprune_core.architectures import CONCATENATING, MIN_IMAGE_SIZES
 from rlprune_core.cost import CostModel
 from rlprune_core.masking import masked
 from rlprune_core.metrics import count_macs, count_params
@@ -48,8 +49,18 @@ HEAVY = {"resnet101", "resnet152", "wide_resnet50_2", "wide_resnet101_2", "resne
          "vgg19_bn"}
 
 
+# One timm model per family builder (timm's ResNet and EfficientNet/MobileNet builders make most of the admitted
+# ones); every admitted timm name passed bench.architectures' probe.
+TIMM_REPRESENTATIVES = ["timm/resnet50d", "timm/efficientnet_b0"]
+
+
 def params(archs) -> list:
     return [pytest.param(a, marks=[pytest.mark.heavy] if a in HEAVY else []) for a in archs]
+
+
+def size_for(arch: str) -> int:
+    """The smallest image the architecture takes, or SIZE."""
+    return max(SIZE, MIN_IMAGE_SIZES.get(arch, SIZE))
 
 
 def pruned_exactly(arch: str):
@@ -57,21 +68,24 @@ def pruned_exactly(arch: str):
     the real modules before and after. Logits are compared relative to their scale: random weights under
     random BatchNorm statistics take a deep ResNet's logits to 1e7, where float32 rounding passes 1e-4."""
     model = trained_looking(arch, width=1.0)
-    example = torch.zeros(1, 3, SIZE, SIZE)
+    size = size_for(arch)
+    example = torch.zeros(1, 3, size, size)
     groups = find_groups(model, example)
     assert groups, f"{arch} has no prunable group"
     cost = CostModel.from_model(model, groups, example)
-    assert cost.macs(cost.group_sizes) == count_macs(model, (3, SIZE, SIZE))
+    assert cost.macs(cost.group_sizes) == count_macs(model, (3, size, size))
     assert cost.params(cost.group_sizes) == count_params(model)
+    # the spec refuses latency budgets by a list of names; the list must match what the structure finds
+    assert cost.concatenates == (arch in CONCATENATING)
 
     # 0.4 of the MACs, or above what the unprunable layers alone take (RegNets at 32 pixels: up to 0.43)
     floor = cost.macs(np.ones_like(cost.group_sizes)) / cost.macs(cost.group_sizes)
     counts = uniform_counts(cost, Budget("macs", max(0.4, floor + 0.1)))
     kept = select(model, groups, counts, "l1", seed=0)
     pruned = prune_model(model, groups, kept, example).eval()
-    assert cost.macs(np.array(counts)) == count_macs(pruned, (3, SIZE, SIZE))
+    assert cost.macs(np.array(counts)) == count_macs(pruned, (3, size, size))
     assert cost.params(np.array(counts)) == count_params(pruned) < count_params(model)
-    x = torch.randn(4, 3, SIZE, SIZE)
+    x = torch.randn(4, 3, size, size)
     with torch.no_grad(), masked(model, groups, one_hot_masks(groups, kept)):
         expected = model(x)
     with torch.no_grad():
