@@ -28,6 +28,7 @@ TorchvisionArch = Literal[
     "regnet_y_16gf", "regnet_y_32gf", "regnet_y_128gf",
     "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn",
     "densenet121", "densenet161", "densenet169", "densenet201", "squeezenet1_0", "squeezenet1_1", "alexnet",
+    "convnext_tiny", "convnext_small", "convnext_base", "convnext_large",
 ]
 # timm CNNs that practitioners fine-tune, each probed like torchvision's (bench/results/architectures-timm.md:
 # masked == removed, the cost model against the pruned layers); a family representative is tested in the suite.
@@ -39,20 +40,24 @@ TimmArch = Literal[
     "timm/mobilenetv3_small_100", "timm/mobilenetv4_conv_small", "timm/lcnet_100", "timm/mnasnet_100",
     "timm/fbnetc_100", "timm/regnetx_008", "timm/regnety_008", "timm/regnety_040", "timm/hrnet_w18_small",
     "timm/xception41", "timm/vgg16_bn", "timm/repvgg_a2", "timm/densenet121", "timm/dla34",
+    "timm/convnext_nano", "timm/convnext_tiny",
 ]
 # Architectures a library builds at its own width (a width multiplier applies to the built-in ones only).
 LibraryArch = Literal[TorchvisionArch, TimmArch]
 Arch = Literal[CifarArch, LibraryArch]
-# Where a layer reads several groups' channels side by side (a concatenation), the latency table, which times a
-# layer by one input count, cannot price it: these take MACs and params budgets only.
+# The latency table times each layer by one input and one output count on a channels-first map. Where a layer
+# reads several groups' channels side by side (a concatenation), or a linear runs on every pixel of a
+# channels-last map (ConvNeXt), it cannot: these take MACs and params budgets only.
 CONCATENATING = frozenset(("densenet121", "densenet161", "densenet169", "densenet201", "squeezenet1_0",
                            "squeezenet1_1", "timm/densenet121", "timm/dla34"))
+LATENCY_UNPRICED = {
+    **dict.fromkeys(CONCATENATING, "its layers read concatenated channels"),
+    **dict.fromkeys(("convnext_tiny", "convnext_small", "convnext_base", "convnext_large", "timm/convnext_tiny"),
+                    "its linear layers run on every pixel of a channels-last map"),
+}
 # The smallest image an architecture's downsampling leaves a pixel of (the spec's floor is 32 otherwise).
 MIN_IMAGE_SIZES = {"alexnet": 63}
 REFUSED_ARCHS = {
-    **dict.fromkeys(("convnext_tiny", "convnext_small", "convnext_base", "convnext_large"),
-                    "normalises with LayerNorm across channels, so a masked channel still shifts the others and no "
-                    "masked model equals the pruned one"),
     **dict.fromkeys(("shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0"),
                     "shuffles channels between branches, which the structure layer cannot follow"),
     **dict.fromkeys(("googlenet", "inception_v3"), "has auxiliary classifiers the cost model does not see"),

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .device import eval_mode
-from .structure import PrunableGroup
+from .structure import PrunableGroup, channel_dim
 
 COUNTED = ("macs", "params")  # the metrics the cost model counts itself
 
@@ -41,6 +41,9 @@ class CostModel:
     single_params: np.ndarray  # (S,)
     # (L,) the conv/linear modules behind pair_in/pair_out, in that order (one per part of a concatenated input)
     layers: tuple[str, ...] = ()
+    # parameters of no conv, linear or BatchNorm (LayerNorms, ConvNeXt's layer scales): on channels no group
+    # prunes, so a constant
+    other_params: int = 0
     norms: tuple[tuple[str, int], ...] = ()  # each BatchNorm (or part of one) and the index of its channel count
     # metric -> predictor, for metrics it does not count itself (a latency budget's table)
     predictors: Mapping[str, Predictor] = field(default_factory=dict)
@@ -56,11 +59,11 @@ class CostModel:
                 in_segments.setdefault(name, []).append((i, reads))
             for name in g.norms:
                 in_segments.setdefault(name, []).append((i, g.size))
-        spatial: dict[str, int] = {}
+        spatial: dict[str, int] = {}  # output positions per channel: a conv's map, or the pixels a linear runs on
         hooks = [
             module.register_forward_hook(
-                lambda _m, _i, out, name=name: spatial.__setitem__(name, out[0, 0].numel()))
-            for name, module in model.named_modules() if isinstance(module, nn.Conv2d)
+                lambda m, _i, out, name=name: spatial.__setitem__(name, out[0].numel() // out.shape[channel_dim(m)]))
+            for name, module in model.named_modules() if isinstance(module, nn.Conv2d | nn.Linear)
         ]
         with eval_mode(model), torch.no_grad():
             model(example[:1])
@@ -107,13 +110,15 @@ class CostModel:
                         single_index.append(index)
                         single_params.append(2)
         as_int = lambda values: np.asarray(values, dtype=np.int64)  # noqa: E731
-        return cls(
+        cost = cls(
             group_sizes=as_int([g.size for g in groups]), fixed=as_int(fixed),
             pair_in=as_int(pair_in), pair_out=as_int(pair_out),
             pair_macs=as_int(pair_macs), pair_params=as_int(pair_params),
             single_index=as_int(single_index), single_params=as_int(single_params),
             layers=tuple(layers), norms=tuple(norms),
         )
+        total = sum(p.numel() for p in model.parameters())
+        return replace(cost, other_params=total - int(cost.params(cost.group_sizes)))
 
     @property
     def concatenates(self) -> bool:
@@ -137,7 +142,7 @@ class CostModel:
     def params(self, counts: np.ndarray) -> np.ndarray:
         c = self._extended(counts)
         weights = (self.pair_params * c[..., self.pair_in] * c[..., self.pair_out]).sum(-1)
-        return weights + (self.single_params * c[..., self.single_index]).sum(-1)
+        return weights + (self.single_params * c[..., self.single_index]).sum(-1) + self.other_params
 
     def cost(self, counts: np.ndarray, metric: str) -> np.ndarray:
         if metric in COUNTED:

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from .structure import PrunableGroup
+from .structure import PrunableGroup, channel_dim
 
 
 @contextmanager
@@ -25,17 +25,20 @@ def masked(model: nn.Module, groups: Sequence[PrunableGroup], masks: Sequence[Te
     """
 
     def hook_for(mask: Tensor, offset: int):
-        def hook(_module: nn.Module, _inputs: tuple, out: Tensor) -> Tensor:
+        def hook(module: nn.Module, _inputs: tuple, out: Tensor) -> Tensor:
             k, size = mask.shape
             shaped = out.view(k, out.shape[0] // k, *out.shape[1:])
-            weights = mask.to(out.dtype).view(k, 1, size, *([1] * (out.dim() - 2)))
+            dim = channel_dim(module) % out.dim() + 1  # the channel axis of ``shaped``
+            ones = [1] * (shaped.dim() - 1)
+            weights = mask.to(out.dtype).view(k, *ones[:dim - 1], size, *ones[dim:])
             if torch.is_grad_enabled():
-                if size != out.shape[1]:  # the group holds a slice of these channels (a concatenation)
-                    ones = torch.ones(k, 1, out.shape[1], *weights.shape[3:], dtype=out.dtype, device=out.device)
-                    weights = ones.index_copy(2, torch.arange(offset, offset + size, device=out.device), weights)
+                if size != shaped.shape[dim]:  # the group holds a slice of these channels (a concatenation)
+                    full = torch.ones(k, *ones[:dim - 1], shaped.shape[dim], *ones[dim:], dtype=out.dtype,
+                                      device=out.device)
+                    weights = full.index_copy(dim, torch.arange(offset, offset + size, device=out.device), weights)
                 return (shaped * weights).view(out.shape)
             # scoring only: no autograd graph to protect, so save an allocation
-            shaped.narrow(2, offset, size).mul_(weights)
+            shaped.narrow(dim, offset, size).mul_(weights)
             return out
 
         return hook

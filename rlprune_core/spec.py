@@ -30,7 +30,7 @@ from pydantic import (
     model_validator,
 )
 
-from .architectures import CONCATENATING, MIN_IMAGE_SIZES, Arch, LibraryArch, architecture_refusal
+from .architectures import LATENCY_UNPRICED, MIN_IMAGE_SIZES, Arch, LibraryArch, architecture_refusal
 from .errors import SpecError, describe_validation_error, yaml_problem
 
 # VGG and the torchvision models halve the image five times: below 32 pixels the last stage has nothing to
@@ -307,9 +307,9 @@ class JobSpec(_Strict):
         if self.model.arch not in ANY_IMAGE_SIZE and self.dataset.image_size < smallest:
             raise ValueError(f"dataset.image_size must be at least {smallest} for {self.model.arch}, which "
                              "downsamples the image to a single pixel there")
-        if self.prune.budget.metric == "latency" and self.model.arch in CONCATENATING:
-            raise ValueError(f"prune.budget.metric must be macs or params for {self.model.arch}: its layers read "
-                             "concatenated channels, which the latency table cannot price")
+        if self.prune.budget.metric == "latency" and self.model.arch in LATENCY_UNPRICED:
+            raise ValueError(f"prune.budget.metric must be macs or params for {self.model.arch}: "
+                             f"{LATENCY_UNPRICED[self.model.arch]}, which the latency table cannot price")
         if len(set(self.baselines)) != len(self.baselines):
             raise ValueError("baselines lists a method twice")
         finalists = self.prune.finalists

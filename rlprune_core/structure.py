@@ -8,9 +8,10 @@ whole: pruning them one by one would break the groups.
 
 A group's channels are masked where a masked channel is exactly zero and stays zero until it is read: after each
 BatchNorm that normalises them (at the group's offset within that norm's channels, which a concatenation
-shifts), or, where no BatchNorm follows, at the producing convs' outputs (AlexNet, SqueezeNet), since the
-activations and pools that come next map zero to zero. A group normalised by a LayerNorm or GroupNorm has no
-such place (the norm mixes channels), and is left whole.
+shifts), or, where no BatchNorm follows, at the producing convs' or linears' outputs (AlexNet, SqueezeNet, the
+hidden units of a classifier or of ConvNeXt's per-pixel MLP), since the activations and pools that come next
+map zero to zero. A group normalised by a LayerNorm or GroupNorm has no such place (the norm mixes channels),
+and is left whole: ConvNeXt prunes its MLPs' hidden units, not its residual stream.
 """
 
 from __future__ import annotations
@@ -31,10 +32,10 @@ _MIXING_NORMS = (nn.LayerNorm, nn.GroupNorm)
 class PrunableGroup:
     """One set of coupled channels.
 
-    ``name`` is the conv whose output channels the group is keyed by; ``norms`` the BatchNorms that
+    ``name`` is the conv or linear whose output channels the group is keyed by; ``norms`` the BatchNorms that
     normalise the group's channels, each at the offset in ``norm_offsets`` (non-zero where a concatenation put
-    other channels first); ``producers`` the convs whose filters make the channels and ``consumers`` the
-    convs/linears that read them, each reading ``consumer_reads`` of its inputs from the group (the group's
+    other channels first); ``producers`` the convs/linears whose weights make the channels and ``consumers``
+    the convs/linears that read them, each reading ``consumer_reads`` of its inputs from the group (the group's
     size, or a multiple where a linear reads every position of a flattened channel).
     """
 
@@ -53,6 +54,12 @@ class PrunableGroup:
         if self.norms:
             return tuple(zip(self.norms, self.norm_offsets, strict=True))
         return tuple((name, 0) for name in self.producers)
+
+
+def channel_dim(module: nn.Module) -> int:
+    """Where a module's output holds its channels: last for a linear (ConvNeXt's run on every pixel of a
+    channels-last map), second for a conv or norm."""
+    return -1 if isinstance(module, nn.Linear) else 1
 
 
 def is_depthwise(conv: nn.Conv2d) -> bool:
@@ -77,18 +84,18 @@ def dependency_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGr
 
 
 def find_groups(model: nn.Module, example: torch.Tensor) -> list[PrunableGroup]:
-    """All prunable channel groups, in forward order, each reachable by one root conv."""
+    """All prunable channel groups, in forward order, each reachable by one root conv or linear."""
     graph = dependency_graph(model, example)
     names = {module: name for name, module in model.named_modules()}
     order = {name: index for index, name in enumerate(names.values())}
     groups = []
-    for group in graph.get_all_groups(ignored_layers=head_layers(model), root_module_types=[nn.Conv2d]):
+    for group in graph.get_all_groups(ignored_layers=head_layers(model), root_module_types=[nn.Conv2d, nn.Linear]):
         modules = [dep.target.module for dep, _ in group]
         if any(isinstance(m, nn.Conv2d) and is_grouped(m) for m in modules):
             continue  # removing single channels would break the conv's groups; leave them whole
         if any(isinstance(m, _MIXING_NORMS) for m in modules):
             continue  # the norm mixes channels: a masked channel would still change the others
-        size = len(group[0][1])  # the root conv's channels: the first item is its own output
+        size = len(group[0][1])  # the root's channels: the first item is its own output
         norms: dict[str, int] = {}
         producers: set[str] = set()
         consumers: dict[str, int] = {}
@@ -103,7 +110,7 @@ def find_groups(model: nn.Module, example: torch.Tensor) -> list[PrunableGroup]:
                 offset = min(idxs)
                 contiguous &= sorted(idxs) == list(range(offset, offset + size))
                 norms[name] = offset
-            elif isinstance(module, nn.Conv2d) and outgoing:
+            elif isinstance(module, nn.Conv2d | nn.Linear) and outgoing:
                 producers.add(name)
             elif isinstance(module, nn.Conv2d | nn.Linear):
                 consumers[name] = len(idxs)

@@ -29,5 +29,7 @@ def prune_model(model: nn.Module, groups: Sequence[PrunableGroup], kept: Sequenc
             raise ValueError(f"{group.name}: kept indices must lie in [0, {group.size})")
         drop = [i for i in range(group.size) if i not in keep_set]
         if drop:
-            graph.get_pruning_group(pruned.get_submodule(group.name), tp.prune_conv_out_channels, drop).prune()
+            root = pruned.get_submodule(group.name)
+            prune = tp.prune_linear_out_channels if isinstance(root, nn.Linear) else tp.prune_conv_out_channels
+            graph.get_pruning_group(root, prune, drop).prune()
     return pruned

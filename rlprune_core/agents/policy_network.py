@@ -36,6 +36,7 @@ from ..environment import PruningEnvironment, masks_of
 from ..loader import BatchLoader
 from ..masking import masked
 from ..selection import bn_scale_importance, channel_scores, l1_importance, ranking, top_k, uniform_counts
+from ..structure import channel_dim
 from ..training import save_atomic, sgd_steps
 from .base import (
     Leaderboard,
@@ -85,8 +86,12 @@ def filter_features(model: nn.Module, context: SearchContext, masks: list[Tensor
     bn_scale = bn_scale_importance(model, group)
     site, offset = group.mask_sites[0]
     activations: list[Tensor] = []
-    hook = model.get_submodule(site).register_forward_hook(
-        lambda _m, _i, out: activations.append(out.narrow(1, offset, group.size).relu().mean(dim=(0, 2, 3)).cpu()))
+
+    def record(module: nn.Module, _inputs: tuple, out: Tensor) -> None:
+        channels = out.narrow(channel_dim(module), offset, group.size).movedim(channel_dim(module), -1)
+        activations.append(channels.relu().reshape(-1, group.size).mean(0).cpu())
+
+    hook = model.get_submodule(site).register_forward_hook(record)
     model.eval()
     try:
         with masked(model, context.groups, masks):

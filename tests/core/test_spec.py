@@ -150,7 +150,7 @@ def test_a_latency_budget_is_measured_at_batch_one_on_the_job_s_device_unless_to
 
 
 @pytest.mark.parametrize(("arch", "words"), [
-    ("googlenet", "auxiliary"), ("convnext_tiny", "LayerNorm"), ("shufflenet_v2_x1_0", "shuffles"),
+    ("googlenet", "auxiliary"), ("inception_v3", "auxiliary"), ("shufflenet_v2_x1_0", "shuffles"),
     ("resnet19", "did you mean 'resnet18'"), ("no-such-net", "unknown architecture"),
 ])
 def test_a_refused_architecture_is_told_why_in_one_short_line(arch, words):
@@ -160,11 +160,15 @@ def test_a_refused_architecture_is_told_why_in_one_short_line(arch, words):
     assert len(str(refused.value)) < 200
 
 
-def test_a_concatenating_network_takes_counted_budgets_and_alexnet_its_smallest_image():
-    spec = {"model": {"arch": "densenet121"}, "dataset": {"image_size": 32}}
+@pytest.mark.parametrize(("arch", "why"), [("densenet121", "concatenated"), ("convnext_tiny", "every pixel")])
+def test_networks_the_latency_table_cannot_price_take_counted_budgets(arch, why):
+    spec = {"model": {"arch": arch}, "dataset": {"image_size": 32}}
     assert JobSpec.from_text(json.dumps({**spec, "prune": {"budget": {"metric": "params", "keep": 0.3}}}))
-    with pytest.raises(SpecError, match=r"prune\.budget\.metric must be macs or params for densenet121"):
+    with pytest.raises(SpecError, match=rf"prune\.budget\.metric must be macs or params for {arch}: .*{why}"):
         JobSpec.from_text(json.dumps({**spec, "prune": {"budget": {"metric": "latency", "keep": 0.5}}}))
+
+
+def test_alexnet_takes_images_of_63_pixels_up():
     with pytest.raises(SpecError, match="image_size must be at least 63 for alexnet"):
         JobSpec.from_text(json.dumps({"model": {"arch": "alexnet"}, "dataset": {"image_size": 32}}))
     assert JobSpec.from_text(json.dumps({"model": {"arch": "alexnet"}, "dataset": {"image_size": 64}}))

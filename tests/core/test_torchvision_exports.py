@@ -19,7 +19,7 @@ from ..support.models import params, pruned_exactly, size_for
 # The exports are checked for one or two models of each family: an export's trace (most of a test's time)
 # meets the same module kinds in a family's deeper or wider variants.
 EXPORTED = ["resnet18", "resnet50", "resnext50_32x4d", "mobilenet_v2", "mobilenet_v3_small", "mnasnet0_5",
-            "efficientnet_b0", "regnet_x_400mf", "vgg11_bn", "densenet121", "squeezenet1_1", "alexnet"]
+            "efficientnet_b0", "regnet_x_400mf", "vgg11_bn", "densenet121", "squeezenet1_1", "alexnet", "convnext_tiny"]
 
 
 

@@ -87,7 +87,7 @@ def client(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ["densenet121", "timm/resnet18"])
+@pytest.mark.parametrize("arch", ["densenet121", "timm/convnext_tiny"])
 def test_a_user_prunes_their_own_model_on_their_own_data(client, arch):
     body, images = archive({"train": 24, "test": 8})
     dataset = client.post("/datasets", content=body, headers={"Content-Type": "application/gzip"})

@@ -32,6 +32,9 @@ def looking_trained(model: nn.Module) -> nn.Module:
             module.running_var.uniform_(0.5, 2.0)
             module.weight.data.uniform_(0.5, 1.5)
             module.bias.data.uniform_(-0.5, 0.5)
+    for name, parameter in model.named_parameters():
+        if name.endswith(("layer_scale", ".gamma")):  # ConvNeXt starts its blocks at 1e-6: they would hardly count
+            parameter.data.uniform_(0.5, 1.5)
     return model.eval()
 
 
@@ -46,7 +49,7 @@ SIZE = 32
 HEAVY = {"resnet101", "resnet152", "wide_resnet50_2", "wide_resnet101_2", "resnext101_32x8d", "resnext101_64x4d",
          "efficientnet_b6", "efficientnet_b7", "efficientnet_v2_m", "efficientnet_v2_l", "regnet_x_16gf",
          "regnet_x_32gf", "regnet_y_16gf", "regnet_y_32gf", "regnet_y_128gf", "vgg11_bn", "vgg13_bn", "vgg16_bn",
-         "vgg19_bn"}
+         "vgg19_bn", "convnext_small", "convnext_base", "convnext_large"}
 
 
 # One timm model per family builder (timm's ResNet and EfficientNet/MobileNet builders make most of the admitted
