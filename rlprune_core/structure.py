@@ -16,6 +16,7 @@ and is left whole: ConvNeXt prunes its MLPs' hidden units, not its residual stre
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -79,7 +80,11 @@ def head_layers(model: nn.Module) -> list[nn.Module]:
 
 
 def dependency_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
-    with eval_mode(model):
+    with eval_mode(model), warnings.catch_warnings():
+        # Parameters outside a layer (ConvNeXt's per-channel layer scales) are sliced along their one channel
+        # axis, the default Torch-Pruning announces here for every model that has them; they sit on residual
+        # streams that LayerNorms keep whole anyway.
+        warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
         return tp.DependencyGraph().build_dependency(model, example_inputs=example)
 
 

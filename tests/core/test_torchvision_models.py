@@ -29,3 +29,23 @@ def test_grouped_convolutions_are_left_whole():
     grouped = {name for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1}
     assert grouped and not any(grouped & set(g.producers + g.consumers) for g in groups)
     assert len(groups) == 5  # the stem and the four stages' residual streams
+
+
+def test_convnext_prunes_the_hidden_units_of_its_mlps_and_leaves_the_residual_stream_whole():
+    """Its LayerNorms normalise across channels, so only the MLPs' hidden units (each block's first linear,
+    read by its second, with GELU between) have an exact masked equivalent."""
+    model = trained_looking("convnext_tiny", width=1.0)
+    groups = find_groups(model, torch.zeros(1, 3, SIZE, SIZE))
+    assert len(groups) == 3 + 3 + 9 + 3  # one per block
+    for group in groups:
+        assert group.name.endswith("block.3") and group.consumers == (group.name[:-1] + "5",)
+        assert not group.norms and group.mask_sites == ((group.name, 0),)
+
+
+def test_a_densenet_layer_s_channels_are_masked_at_their_offset_in_every_later_concatenation():
+    groups = find_groups(trained_looking("densenet121", width=1.0), torch.zeros(1, 3, SIZE, SIZE))
+    first = next(g for g in groups if g.name == "features.denseblock1.denselayer1.conv2")
+    # the block's input (64 channels) comes first in every later layer's concatenated input, then this layer's 32
+    later = [f"features.denseblock1.denselayer{i}.norm1" for i in range(2, 7)] + ["features.transition1.norm"]
+    assert dict(zip(first.norms, first.norm_offsets, strict=True)) == dict.fromkeys(later, 64)
+    assert set(first.consumer_reads) == {32} and first.size == 32
