@@ -7,10 +7,12 @@ uniform ratios, and compare the masked model's logits with the physically pruned
 The cost model's MACs and params are checked against a count of the pruned model's real layers. A model
 passes when the logits agree within 1e-4 of their own scale (random weights under BatchNorm statistics drawn
 at random blow deep ResNets' logits up to 1e7, where float32 rounding alone exceeds 1e-4) and the counts
-exactly; otherwise every failure is recorded. Each model is probed in a process of its own, so one that
-hangs (past PROBE_SECONDS) or crashes is recorded as such and the others still run.
+exactly; otherwise every failure is recorded. With ``--onnx`` each model that passes is also exported as the
+service exports it (``torch.export``, then ONNX) and run by ONNX Runtime, whose logits must agree with the
+pruned model's within the same tolerance. Each model is probed in a process of its own, so one that hangs
+(past PROBE_SECONDS) or crashes is recorded as such and the others still run.
 
-    uv run python -m bench.architectures [--source timm] [--only resnet18 densenet121 ...]
+    uv run python -m bench.architectures [--source timm] [--onnx] [--only resnet18 densenet121 ...]
 """
 
 from __future__ import annotations
@@ -19,13 +21,17 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from rlprune_core.cost import CostModel
+from rlprune_core.data import InputContract
+from rlprune_core.export import export_onnx, export_program
 from rlprune_core.masking import masked
 from rlprune_core.metrics import count_macs, count_params
 from rlprune_core.selection import Budget, select, uniform_counts
@@ -37,6 +43,7 @@ from .common import environment, write_results
 
 SIZE = 64
 PROBE_SECONDS = 120
+EXPORT_SECONDS = 600  # per model with --onnx: tracing the largest (RegNet-Y 128GF) takes minutes
 TRANSFORMERS = ("vit_", "swin_", "maxvit_")
 TOLERANCE = 1e-4
 
@@ -71,7 +78,22 @@ def trained_looking(name: str) -> nn.Module:
     return looking_trained(torchvision.models.get_model(name, weights=None, num_classes=10))
 
 
-def probe(name: str) -> dict:
+def onnx_error(pruned: nn.Module, x: torch.Tensor) -> float:
+    """The largest difference between ONNX Runtime's logits and the pruned model's, relative to their scale."""
+    import onnxruntime
+
+    contract = InputContract(channels=3, size=SIZE, mean=[0.5] * 3, std=[0.25] * 3, resize=None)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.onnx"
+        export_onnx(export_program(pruned, contract), path)
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        (logits,) = session.run(None, {"input": x.numpy()})
+    with torch.no_grad():
+        reference = pruned(x)
+    return float((torch.from_numpy(logits) - reference).abs().max() / reference.abs().max().clamp(min=1.0))
+
+
+def probe(name: str, onnx: bool = False) -> dict:
     began = time.perf_counter()
     model = trained_looking(name)
     row: dict = {"arch": name, "params_m": round(count_params(model) / 1e6, 2)}
@@ -96,6 +118,9 @@ def probe(name: str) -> dict:
         params_ok = cost.params(np.array(counts)) == count_params(pruned)
         failures = [f for f, bad in (("masked != removed", error > TOLERANCE), ("cost model's MACs", not macs_ok),
                                      ("cost model's params", not params_ok)) if bad]
+        if onnx and not failures:
+            row["onnx_error"] = onnx_error(pruned, x)
+            failures += ["ONNX Runtime's logits"] if row["onnx_error"] > TOLERANCE else []
         row.update(ok=not failures, failure="; ".join(failures) or None)
     except Exception as exc:  # a probe: any failure of the structure layer is the finding
         row.update(ok=False, failure=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
@@ -103,13 +128,14 @@ def probe(name: str) -> dict:
     return row
 
 
-def probe_apart(name: str) -> dict:
+def probe_apart(name: str, onnx: bool) -> dict:
     """:func:`probe` in a fresh process: a hang or a crash is that model's finding, not the benchmark's end."""
+    limit = EXPORT_SECONDS if onnx else PROBE_SECONDS
     try:
-        done = subprocess.run([sys.executable, "-m", "bench.architectures", "--one", name], capture_output=True,
-                              text=True, timeout=PROBE_SECONDS)
+        command = [sys.executable, "-m", "bench.architectures", "--one", name, *(["--onnx"] if onnx else [])]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=limit)
     except subprocess.TimeoutExpired:
-        return {"arch": name, "ok": False, "failure": f"no answer within {PROBE_SECONDS} s"}
+        return {"arch": name, "ok": False, "failure": f"no answer within {limit} s"}
     if done.returncode != 0:
         return {"arch": name, "ok": False, "failure": f"the probe exited with {done.returncode}"}
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -123,27 +149,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", help="these architectures only (timm's as timm/<name>)")
     parser.add_argument("--source", choices=["torchvision", "timm"], default="torchvision")
+    parser.add_argument("--onnx", action="store_true", help="also export each passing model to ONNX and run it")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # one probe, its row as JSON: what probe_apart runs
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(probe(args.one)))
+        print(json.dumps(probe(args.one, args.onnx)))
         return
     rows = []
     names = cnn_names() if args.source == "torchvision" else [f"timm/{n}" for n in TIMM_CANDIDATES]
     for name in args.only or names:
-        rows.append(probe_apart(name))
+        rows.append(probe_apart(name, args.onnx))
         print(rows[-1], flush=True)
     passed = [r["arch"] for r in rows if r["ok"]]
     data = {"environment": environment(torch.device("cpu")), "image_size": SIZE, "tolerance": TOLERANCE,
-            "rows": rows, "passed": passed}
+            "onnx": args.onnx, "rows": rows, "passed": passed}
     lines = [f"| {r['arch']} | {r.get('params_m', '')} | {r.get('groups', '')} | {_error(r.get('relative_error'))} "
-             f"| {'exact' if r['ok'] else r['failure']} |" for r in rows]
-    source = "" if args.source == "torchvision" else " --source timm"
-    markdown = (f"# Which {args.source} CNNs prune exactly\n\n`uv run python -m bench.architectures{source}`: "
+             f"| {_error(r.get('onnx_error'))} | {'exact' if r['ok'] else r['failure']} |" for r in rows]
+    flags = ("" if args.source == "torchvision" else " --source timm") + (" --onnx" if args.onnx else "")
+    onnx = ", and ONNX Runtime's logits of the exported pruned model against the pruned model's" if args.onnx else ""
+    markdown = (f"# Which {args.source} CNNs prune exactly\n\n`uv run python -m bench.architectures{flags}`: "
                 f"each CNN at {SIZE} pixels, half its MACs kept by uniform l1; masked logits against the physically "
-                f"pruned model's (tolerance {TOLERANCE}), the cost model against the pruned layers. **{len(passed)} of "
-                f"{len(rows)} pass.**\n\n| architecture | params (M) | groups | relative error | result |\n"
-                f"|---|---|---|---|---|\n" + "\n".join(lines) + f"\n\nEnvironment: {data['environment']}.\n")
+                f"pruned model's (tolerance {TOLERANCE}), the cost model against the pruned layers{onnx}. "
+                f"**{len(passed)} of {len(rows)} pass.**\n\n"
+                "| architecture | params (M) | groups | relative error | ONNX error | result |\n"
+                "|---|---|---|---|---|---|\n" + "\n".join(lines) + f"\n\nEnvironment: {data['environment']}.\n")
     write_results("architectures" if args.source == "torchvision" else "architectures-timm", data, markdown)
     print(markdown)
 
