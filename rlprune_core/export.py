@@ -67,9 +67,12 @@ def rebuild(description: dict) -> nn.Module:
     example = example_input(description["input"])
     groups = find_groups(model, example)
     kept_by_name = {g["name"]: g["kept_indices"] for g in description["groups"]}
-    if set(kept_by_name) != {g.name for g in groups}:
+    if not set(kept_by_name) <= {g.name for g in groups}:
         raise ValueError("model.json's groups do not match the architecture it names")
-    return prune_model(model, groups, [kept_by_name[g.name] for g in groups], example)
+    # A group the file does not list was not prunable when it was written (squeeze-excitation bottlenecks and
+    # classifier hidden units became groups later): all its channels are there.
+    kept = [kept_by_name.get(g.name, range(g.size)) for g in groups]
+    return prune_model(model, groups, kept, example)
 
 
 def load_model(folder: str | Path, device: str | torch.device = "cpu") -> nn.Module:

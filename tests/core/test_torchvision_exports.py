@@ -13,8 +13,10 @@ from rlprune_core import load_model
 from rlprune_core.data import InputContract
 from rlprune_core.export import export_onnx, export_program, export_pt2, model_description, save_weights
 from rlprune_core.models import ModelConfig
+from rlprune_core.structure import find_groups
+from rlprune_core.surgery import prune_model
 
-from ..support.models import params, pruned_exactly, size_for
+from ..support.models import SIZE, params, pruned_exactly, size_for, trained_looking
 
 # The exports are checked for one or two models of each family: an export's trace (most of a test's time)
 # meets the same module kinds in a family's deeper or wider variants.
@@ -44,3 +46,24 @@ def test_torchvision_models_export_and_reload_to_the_same_logits(arch, tmp_path)
     session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     (logits,) = session.run(None, {"input": x.numpy()})
     assert np.allclose(logits, reference.numpy(), atol=1e-4)
+
+
+def test_a_model_json_written_before_bottlenecks_were_prunable_still_loads(tmp_path):
+    """Files from before squeeze-excitation bottlenecks became groups list only the BatchNorm groups: the
+    others load whole, as they were."""
+    model = trained_looking("mobilenet_v3_small", width=1.0)
+    contract = InputContract(channels=3, size=SIZE, mean=[0.5] * 3, std=[0.25] * 3, resize=None)
+    example = torch.zeros(1, 3, SIZE, SIZE)
+    groups = find_groups(model, example)
+    assert any(not g.norms for g in groups)
+    kept = [list(range(0, g.size, 2)) if g.norms else list(range(g.size)) for g in groups]
+    pruned = prune_model(model, groups, kept, example).eval()
+    description = model_description(ModelConfig("mobilenet_v3_small", 10, 3), groups, kept, contract,
+                                    list("0123456789"))
+    description["groups"] = [g for g, group in zip(description["groups"], groups, strict=True) if group.norms]
+    (tmp_path / "model.json").write_text(json.dumps(description))
+    save_weights(pruned, tmp_path / "model.safetensors")
+    loaded = load_model(tmp_path)
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), pruned(x))
