@@ -16,13 +16,11 @@ from rlprune_core.models import ModelConfig
 from rlprune_core.structure import find_groups
 from rlprune_core.surgery import prune_model
 
-from ..support.models import SIZE, params, pruned_exactly, size_for, trained_looking
+from ..support.models import SIZE, TORCHVISION_REPRESENTATIVES, params, pruned_exactly, size_for, trained_looking
 
-# The exports are checked for one or two models of each family: an export's trace (most of a test's time)
-# meets the same module kinds in a family's deeper or wider variants.
-EXPORTED = ["resnet18", "resnet50", "resnext50_32x4d", "mobilenet_v2", "mobilenet_v3_small", "mnasnet0_5",
-            "efficientnet_b0", "regnet_x_400mf", "vgg11_bn", "densenet121", "squeezenet1_1", "alexnet", "convnext_tiny"]
-
+# DenseNet-121's ONNX export is checked end to end (tests/e2e/test_bring_your_own_model.py), and every admitted
+# model's by bench.architectures --onnx.
+EXPORTED = [a for a in TORCHVISION_REPRESENTATIVES if a != "densenet121"]
 
 
 @pytest.mark.parametrize("arch", params(EXPORTED))

@@ -1,5 +1,6 @@
 """Every admitted torchvision architecture holds the invariants of the built-in models, at a small image size on
-CPU: masked == removed and the cost model equals the real modules; and how their channels are coupled."""
+CPU: masked == removed and the cost model equals the real modules (the heavy ones in
+test_torchvision_heavy_models.py); and how their channels are coupled."""
 
 import pytest
 import torch
@@ -7,10 +8,10 @@ import torch
 from rlprune_core.models import TORCHVISION_ARCHS
 from rlprune_core.structure import find_groups
 
-from ..support.models import SIZE, params, pruned_exactly, trained_looking
+from ..support.models import HEAVY, SIZE, pruned_exactly, trained_looking
 
 
-@pytest.mark.parametrize("arch", params(TORCHVISION_ARCHS))
+@pytest.mark.parametrize("arch", [a for a in TORCHVISION_ARCHS if a not in HEAVY])
 def test_every_admitted_torchvision_model_prunes_exactly(arch):
     pruned_exactly(arch)
 

@@ -44,14 +44,20 @@ def one_hot_masks(groups, kept):
 
 # -- torchvision models: every admitted one pruned exactly (tests/core/test_torchvision_*.py) ---------
 SIZE = 32
-# Over about 40 M parameters a model takes seconds to build and prune (regnet_y_128gf, 637 M, about 20 s):
-# CI runs them, `-m "not heavy"` skips them locally.
+# Over about 40 M parameters, or with a hundred and more groups to slice (the larger DenseNets), a model takes
+# seconds to build and prune (regnet_y_128gf, 637 M, about 20 s; densenet201, 200 groups, about 17 s): CI runs
+# them, `-m "not heavy"` skips them locally.
 HEAVY = {"resnet101", "resnet152", "wide_resnet50_2", "wide_resnet101_2", "resnext101_32x8d", "resnext101_64x4d",
          "efficientnet_b6", "efficientnet_b7", "efficientnet_v2_m", "efficientnet_v2_l", "regnet_x_16gf",
          "regnet_x_32gf", "regnet_y_16gf", "regnet_y_32gf", "regnet_y_128gf", "vgg11_bn", "vgg13_bn", "vgg16_bn",
-         "vgg19_bn", "convnext_small", "convnext_base", "convnext_large"}
+         "vgg19_bn", "convnext_small", "convnext_base", "convnext_large", "densenet161", "densenet169", "densenet201"}
 
 
+# One or two torchvision models of each family: an export's trace, or a stem rebuilt for other image channels,
+# meets the same module kinds in a family's deeper or wider variants.
+TORCHVISION_REPRESENTATIVES = ["resnet18", "resnet50", "resnext50_32x4d", "mobilenet_v2", "mobilenet_v3_small",
+                               "mnasnet0_5", "efficientnet_b0", "regnet_x_400mf", "vgg11_bn", "squeezenet1_1",
+                               "alexnet", "convnext_tiny", "densenet121"]
 # One timm model per family builder (timm's ResNet and EfficientNet/MobileNet builders make most of the admitted
 # ones); every admitted timm name passed bench.architectures' probe.
 TIMM_REPRESENTATIVES = ["timm/resnet50d", "timm/efficientnet_b0"]
