@@ -131,7 +131,7 @@ def correctness(model: nn.Module, split: Split, device: torch.device) -> str:
 def finetune_run(point: Point, kept: Sequence[Sequence[int]], recipe: FinetuneSpec, seed: int,
                  distill: bool = False) -> dict:
     """One finetune of the network that keeps ``kept``: test and held-out validation accuracy, per-image
-    test correctness, seconds."""
+    test and held-out correctness, seconds."""
     inputs = point.inputs
     model = prepare(prune_model(point.pretrained, inputs.groups, kept, inputs.example), inputs.device)
     teacher = Teacher(point.pretrained, recipe.distillation.weight, recipe.distillation.temperature) if distill \
@@ -146,6 +146,7 @@ def finetune_run(point: Point, kept: Sequence[Sequence[int]], recipe: FinetuneSp
     held_out = held_out_scores(model, point.held_out, inputs.device)
     return {"seed": seed, "test_accuracy": evaluate(model, inputs.data.test, inputs.device),
             "held_out_accuracy": held_out.accuracy, "held_out_log_likelihood": round(held_out.log_likelihood, 6),
+            "held_out_correct": held_out.correct,
             "test_correct": correctness(model, inputs.data.test, inputs.device),
             "seconds": round(seconds, 2), "cpu_seconds": round(cpu_seconds, 2)}
 

@@ -71,7 +71,7 @@ SETTINGS = {
 SEARCHES = ("sensitivity", "allocation", "random-search", "reinforce")
 RULES = ("l1", "random", "global-l1")
 SEARCH = {"steps": 16, "samples_per_step": 16, "proxy": "calibrated-log-likelihood", "eval_samples": None,
-          "finalists": {"count": 3, "margin": 0.005}}
+          "finalists": {"count": 3, "margin": 0.005, "standard_errors": 1.0}}
 RECIPES = {
     "labels": {},
     "kd": {"distillation": {"weight": 0.9, "temperature": 4.0}},
@@ -79,6 +79,8 @@ RECIPES = {
     "kd-lr0.05": {"lr": 0.05, "distillation": {"weight": 0.9, "temperature": 4.0}},
 }
 REFERENCE = "l1"
+UNPRUNED = "unpruned"
+MARGIN_ONLY = " (margin only)"  # a search's cell as the finalist rule before the paired test decided it
 
 
 def _digest(value: object) -> str:
@@ -160,20 +162,24 @@ class Bench:
             runs = [self.run(found["best"], f) for f in self.replicates]
             return {"returned": [r["test_accuracy"] for r in runs], "counts": [len(k) for k in found["best"]],
                     "search_seconds": found["seconds"]}
-        returned, winners, leads = [], [], []
+        returned, margin_only, winners, leads = [], [], [], []
         candidates = [Finalist(f["name"], f["kept"], f["proxy"]) for f in found["finalists"]]
+        rule = self.spec.prune.finalists
         for f in self.replicates:
             scored = []
             for finalist in candidates:
                 run = self.run(finalist.kept, f)
                 scored.append((Scored(finalist, run["held_out_accuracy"], run["held_out_log_likelihood"],
-                                      run["seconds"]), run))
-            winner, _ = decide([s for s, _ in scored], self.spec.prune.finalists.margin)
+                                      run["seconds"], run.get("held_out_correct")), run))
+            winner, _ = decide([s for s, _ in scored], rule.margin, rule.standard_errors)
             returned.append(next(run for s, run in scored if s is winner)["test_accuracy"])
             winners.append(winner.finalist.name)
+            # the rule before the paired test: the margin alone
+            winner, _ = decide([s for s, _ in scored], rule.margin)
+            margin_only.append(next(run for s, run in scored if s is winner)["test_accuracy"])
             uniform = scored[0][0]
             leads.append(max((s.accuracy for s, _ in scored[1:]), default=uniform.accuracy) - uniform.accuracy)
-        return {"returned": returned, "winners": winners, "val_leads": leads,
+        return {"returned": returned, "returned_margin_only": margin_only, "winners": winners, "val_leads": leads,
                 "counts": [[len(k) for k in c.kept] for c in candidates], "search_seconds": found["seconds"],
                 "search_cpu_seconds": found["cpu_seconds"], "evaluations": found["evaluations"],
                 "finetune_seconds_per_run": statistics.mean(
@@ -184,22 +190,25 @@ def analyse(cells: dict[str, dict], settings: Iterable[str], methods: list[str],
             epochs: int) -> list[dict]:
     rows = []
     for setting in settings:
-        chosen = {k: v for k, v in cells.items() if v.get("setting") == setting and v.get("recipe") == recipe
-                  and v.get("epochs") == epochs}
+        # per starting point: each method's mean accuracy, and the unpruned model's
         by_point: dict[tuple, dict[str, float]] = {}
-        for cell in chosen.values():
-            by_point.setdefault((cell["seed"], cell["weights"]), {})[cell["method"]] = float(np.mean(cell["returned"]))
-        for method in methods:
-            values = [p[method] for p in by_point.values() if method in p]
-            if not values:
+        for cell in cells.values():
+            if (cell.get("setting"), cell.get("recipe"), cell.get("epochs")) != (setting, recipe, epochs):
                 continue
-            differences = [p[method] - p[REFERENCE] for p in by_point.values() if method in p and REFERENCE in p]
-            unpruned = [c["unpruned"] for c in chosen.values() if c["method"] == method]
-            rows.append({"setting": setting, "method": method, "starting_points": len(values),
-                         "accuracy": float(np.mean(values)), "minus_l1": paired_interval(differences),
-                         "minus_unpruned": paired_interval([c["mean"] - c["unpruned"] for c in chosen.values()
-                                                            if c["method"] == method]),
-                         "unpruned": float(np.mean(unpruned)) if unpruned else None})
+            point = by_point.setdefault((cell["seed"], cell["weights"]), {UNPRUNED: cell["unpruned"]})
+            point[cell["method"]] = float(np.mean(cell["returned"]))
+            if "returned_margin_only" in cell:
+                point[cell["method"] + MARGIN_ONLY] = float(np.mean(cell["returned_margin_only"]))
+        variants = [m + MARGIN_ONLY for m in methods if m in SEARCHES]
+        for method in [*methods, *variants]:
+            measured = [p for p in by_point.values() if method in p]
+            if not measured:
+                continue
+            rows.append({"setting": setting, "method": method, "starting_points": len(measured),
+                         "accuracy": float(np.mean([p[method] for p in measured])),
+                         "minus_l1": paired_interval([p[method] - p[REFERENCE] for p in measured if REFERENCE in p]),
+                         "minus_unpruned": paired_interval([p[method] - p[UNPRUNED] for p in measured]),
+                         "unpruned": float(np.mean([p[UNPRUNED] for p in measured]))})
     return rows
 
 

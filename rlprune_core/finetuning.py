@@ -32,24 +32,27 @@ ResumeSink = Callable[[str, int], None]
 
 @dataclass(frozen=True)
 class HeldOut:
-    """Accuracy and mean log-likelihood of the true class on held-out images."""
+    """Accuracy and mean log-likelihood of the true class on held-out images, and which images were right
+    (``"1"`` or ``"0"`` per image, in split order): two networks scored on the same images are compared
+    image by image, which is far less noisy than comparing their accuracies."""
 
     accuracy: float
     log_likelihood: float
+    correct: str
 
 
 @torch.no_grad()
 def held_out_scores(model: nn.Module, split: Split, device: torch.device, batch: int = 512) -> HeldOut:
-    correct, log_likelihood = 0, 0.0
+    hits, log_likelihood = [], 0.0
     with eval_mode(model):
         for start in range(0, len(split), batch):
             images = prepare_input(split.images[start:start + batch].to(device), device)
             labels = split.labels[start:start + batch].to(device)
             log_probs = torch.log_softmax(model(images).float(), 1)
-            correct += int((log_probs.argmax(1) == labels).sum())
+            hits += (log_probs.argmax(1) == labels).tolist()
             log_likelihood += float(log_probs.gather(1, labels[:, None]).sum())
     n = max(1, len(split))
-    return HeldOut(correct / n, log_likelihood / n)
+    return HeldOut(sum(hits) / n, log_likelihood / n, "".join("1" if hit else "0" for hit in hits))
 
 
 class Finetuner:

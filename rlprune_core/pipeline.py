@@ -255,7 +255,7 @@ class _Run:
         folder, spec = self.folder, self.finalist_spec
         held_out = validation_halves(self.inputs.data.val, self.spec.prune)[1]
         scored = score_finalists(finetuner, chosen, folder, held_out, spec.epochs)
-        winner, reason = decide(scored, spec.margin)
+        winner, reason = decide(scored, spec.margin, spec.standard_errors)
         returned = folder / "finetuned.safetensors"
         if returned.exists():  # a resumed run: the winner was finetuned (and announced) before
             model = finetuner.load(winner.finalist.kept, returned)

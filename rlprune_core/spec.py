@@ -216,6 +216,9 @@ class FinalistSpec(_Strict):
     margin: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
         default=0.005, description="validation accuracy (a fraction) by which a candidate must beat the uniform "
         "allocation to be chosen over it")
+    standard_errors: Annotated[float, Field(ge=0.0, le=10.0)] = Field(
+        default=1.0, description="standard errors of the paired per-image difference on the held-out images "
+        "by which a candidate must also beat the uniform allocation (0: the margin alone decides)")
     epochs: Annotated[int, Field(ge=1, le=10_000)] | None = Field(
         default=None, description="finetune epochs that decide between the finalists (the winner is then "
         "finetuned with the job's recipe); none: each finalist gets the job's recipe and the winner is returned "

@@ -1,6 +1,6 @@
 """The finalist stage: the uniform allocation always takes part, the winner is chosen on validation images
-the search never scored, a challenger needs the margin, a resumed stage chooses the same winner, and every
-finalist meets the budget."""
+the search never scored, a challenger needs the margin and a lead its paired standard error supports, a
+resumed stage chooses the same winner, and every finalist meets the budget."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from rlprune_core.agents.base import Candidate
 from rlprune_core.data import load_dataset
 from rlprune_core.environment import validation_halves
 from rlprune_core.events import Stopped
-from rlprune_core.finalists import UNIFORM, Finalist, Scored, decide, finalists
+from rlprune_core.finalists import UNIFORM, Finalist, Scored, decide, finalists, paired_standard_error
 from rlprune_core.finetuning import held_out_scores
 from rlprune_core.locations import Locations
 from rlprune_core.run_inputs import build_inputs
@@ -60,7 +60,9 @@ def test_the_winner_is_chosen_on_validation_images_the_search_never_scored(finis
     challengers = [f for f in section["finalists"] if f["name"] != UNIFORM]
     best = max(challengers, key=lambda f: (f["val_accuracy"], f["val_log_likelihood"]))
     uniform = section["finalists"][0]
-    expected = best if best["val_accuracy"] - uniform["val_accuracy"] >= section["margin"] else uniform
+    lead = best["val_accuracy"] - uniform["val_accuracy"]
+    needed = max(section["margin"], section["standard_errors"] * section["standard_error"])
+    expected = best if lead >= needed - 1e-6 else uniform
     assert winner["name"] == expected["name"]
     assert section["search_minus_uniform"] == pytest.approx(best["val_accuracy"] - uniform["val_accuracy"], abs=1e-6)
     runs = {e.data["run"] for e in events if e.type == "epoch" and e.stage == "finetune"}
@@ -95,8 +97,8 @@ def test_a_resumed_finalist_stage_chooses_the_same_winner(finished, tmp_path):
     assert resumed["final"]["accuracy"] == report["final"]["accuracy"]
 
 
-def candidate(name: str, accuracy: float, log_likelihood: float = -1.0) -> Scored:
-    return Scored(Finalist(name, [[0]], None), accuracy, log_likelihood, 0.0)
+def candidate(name: str, accuracy: float, log_likelihood: float = -1.0, correct: str | None = None) -> Scored:
+    return Scored(Finalist(name, [[0]], None), accuracy, log_likelihood, 0.0, correct)
 
 
 def test_a_challenger_must_beat_the_uniform_allocation_by_the_margin():
@@ -117,3 +119,30 @@ def test_challengers_are_the_best_candidates_that_differ_from_the_uniform_alloca
     assert [f.name for f in chosen] == [UNIFORM, "candidate 1", "candidate 2"]
     assert [f.kept for f in chosen] == [uniform, [[0], [0]], [[1], [0]]]
     assert chosen[0].proxy == -0.6
+
+
+def images(right: int, first: int = 0, total: int = 400) -> str:
+    """Per-image correctness: ``right`` of ``total`` images correct, from image ``first`` on."""
+    return "".join("1" if first <= i < first + right else "0" for i in range(total))
+
+
+def test_a_lead_the_held_out_images_do_not_support_returns_the_uniform_allocation():
+    uniform = candidate(UNIFORM, 0.60, correct=images(240))
+    # 16 more images right, but 100 images disagree: a standard error of 2.5 pt, so 2 SE ask for 5 pt
+    noisy = candidate("candidate 1", 0.64, correct=images(256, first=42))
+    # the same 16 more right and every other image alike: a standard error of 1 pt
+    agreeing = candidate("candidate 2", 0.64, correct=images(256))
+    assert paired_standard_error(noisy.correct, uniform.correct) == pytest.approx(0.0249, abs=1e-4)
+    assert decide([uniform, noisy], margin=0.005, standard_errors=2.0)[0] is uniform
+    assert decide([uniform, noisy], margin=0.005, standard_errors=1.0)[0] is noisy
+    assert decide([uniform, agreeing], margin=0.005, standard_errors=2.0)[0] is agreeing
+    _, reason = decide([uniform, noisy], margin=0.005, standard_errors=2.0)
+    assert "standard errors" in reason and "short of" in reason
+
+
+def test_without_per_image_records_the_margin_alone_decides():
+    """A finalist stage recorded before per-image correctness was kept resumes under the margin it had."""
+    uniform, clear = candidate(UNIFORM, 0.60), candidate("candidate 1", 0.61)
+    assert decide([uniform, clear], margin=0.005, standard_errors=3.0)[0] is clear
+    assert paired_standard_error(None, images(60)) == 0.0
+    assert paired_standard_error(images(60), images(60)) == 0.0

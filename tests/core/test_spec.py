@@ -55,6 +55,8 @@ def test_yaml_and_json_give_the_same_spec():
     ('{"prune": {"finalists": {"count": -2}}}', "prune.finalists.count"),
     ('{"prune": {"steps": 1, "samples_per_step": 4, "finalists": {"count": 5}}}', "prune.finalists"),
     ('{"prune": {"finalists": {"margin": -0.1}}}', "prune.finalists.margin"),
+    ('{"prune": {"finalists": {"standard_errors": -1}}}', "prune.finalists.standard_errors"),
+    ('{"prune": {"finalists": {"standard_errors": 11}}}', "prune.finalists.standard_errors"),
     ('{"prune": {"finalists": {"epochs": 11}}}', "prune.finalists.epochs"),
     ('{"finetune": {"distillation": {"weight": -0.1}}}', "finetune.distillation.weight"),
     ('{"finetune": {"distillation": {"weight": 1.5}}}', "finetune.distillation.weight"),
