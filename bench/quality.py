@@ -81,7 +81,10 @@ RECIPES = {
 }
 REFERENCE = "l1"
 UNPRUNED = "unpruned"
-MARGIN_ONLY = " (margin only)"  # a search's cell as the finalist rule before the paired test decided it
+# A search's cell as other finalist rules would have decided it, from the same runs: the margin alone (the
+# rule before the paired test) and two standard errors (about what choosing the best of three challengers
+# at one standard error each asks for, Bonferroni-corrected)
+RULE_VARIANTS = {" (margin only)": 0.0, " (2 standard errors)": 2.0}
 
 
 def _digest(value: object) -> str:
@@ -167,7 +170,7 @@ class Bench:
             runs = [self.run(found["best"], f) for f in self.replicates]
             return {"returned": [r["test_accuracy"] for r in runs], "counts": [len(k) for k in found["best"]],
                     "search_seconds": found["seconds"]}
-        returned, margin_only, winners, leads = [], [], [], []
+        returned, winners, leads, variants = [], [], [], {}
         candidates = [Finalist(f["name"], f["kept"], f["proxy"]) for f in found["finalists"]]
         rule = self.spec.prune.finalists
         for f in self.replicates:
@@ -179,12 +182,12 @@ class Bench:
             winner, _ = decide([s for s, _ in scored], rule.margin, rule.standard_errors)
             returned.append(next(run for s, run in scored if s is winner))
             winners.append(winner.finalist.name)
-            # the rule before the paired test: the margin alone
-            winner, _ = decide([s for s, _ in scored], rule.margin)
-            margin_only.append(next(run for s, run in scored if s is winner)["test_accuracy"])
+            for suffix, standard_errors in RULE_VARIANTS.items():  # the same runs decided by other rules
+                winner, _ = decide([s for s, _ in scored], rule.margin, standard_errors)
+                variants.setdefault(suffix, []).append(next(run for s, run in scored if s is winner)["test_accuracy"])
             uniform = scored[0][0]
             leads.append(max((s.accuracy for s, _ in scored[1:]), default=uniform.accuracy) - uniform.accuracy)
-        return {**_returned(returned), "returned_margin_only": margin_only, "winners": winners, "val_leads": leads,
+        return {**_returned(returned), "variants": variants, "winners": winners, "val_leads": leads,
                 "counts": [[len(k) for k in c.kept] for c in candidates], "search_seconds": found["seconds"],
                 "search_cpu_seconds": found["cpu_seconds"], "evaluations": found["evaluations"],
                 "finetune_seconds_per_run": statistics.mean(
@@ -202,9 +205,9 @@ def analyse(cells: dict[str, dict], settings: Iterable[str], methods: list[str],
                 continue
             point = by_point.setdefault((cell["seed"], cell["weights"]), {UNPRUNED: cell["unpruned"]})
             point[cell["method"]] = float(np.mean(cell["returned"]))
-            if "returned_margin_only" in cell:
-                point[cell["method"] + MARGIN_ONLY] = float(np.mean(cell["returned_margin_only"]))
-        variants = [m + MARGIN_ONLY for m in methods if m in SEARCHES]
+            for suffix, returned in cell.get("variants", {}).items():
+                point[cell["method"] + suffix] = float(np.mean(returned))
+        variants = [m + suffix for m in methods if m in SEARCHES for suffix in RULE_VARIANTS]
         for method in [*methods, *variants]:
             measured = [p for p in by_point.values() if method in p]
             if not measured:
