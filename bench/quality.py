@@ -84,6 +84,7 @@ UNPRUNED = "unpruned"
 # A search's cell as other finalist rules would have decided it, from the same runs: the margin alone (the
 # rule before the paired test) and two standard errors (about what choosing the best of three challengers
 # at one standard error each asks for, Bonferroni-corrected)
+OLD_DEFAULT_EVALUATIONS = 100 * 16 + 1
 RULE_VARIANTS = {" (margin only)": 0.0, " (2 standard errors)": 2.0}
 
 
@@ -246,6 +247,41 @@ def recipe_rows(cells: dict[str, dict], settings: Iterable[str], methods: list[s
     return rows
 
 
+def cost_rows(cells: dict[str, dict], settings: Iterable[str], methods: list[str], recipe: str,
+              epochs: int) -> list[dict]:
+    """What a search with its finalists costs against the search that was the default before finalists
+    (``reinforce``, 100 steps x 16 candidates + 1: 1,601 evaluations), that one estimated at the same
+    seconds per evaluation, since scoring candidates is nearly all of either search's time."""
+    rows = []
+    for setting, method in itertools.product(settings, [m for m in methods if m in SEARCHES]):
+        chosen = [c for c in cells.values() if (c.get("setting"), c.get("method"), c.get("recipe"), c.get("epochs"))
+                  == (setting, method, recipe, epochs)]
+        if not chosen:
+            continue
+        search = float(np.mean([c["search_seconds"] for c in chosen]))
+        finalists = float(np.mean([len(c["counts"]) * c["finetune_seconds_per_run"] for c in chosen]))
+        before = float(np.mean([OLD_DEFAULT_EVALUATIONS * c["search_seconds"] / c["evaluations"] for c in chosen]))
+        rows.append({"setting": setting, "method": method, "starting_points": len(chosen),
+                     "evaluations": float(np.mean([c["evaluations"] for c in chosen])), "search_s": search,
+                     "finalists_s": finalists, "old_default_search_s": before,
+                     "ratio": (search + finalists) / before})
+    return rows
+
+
+def cost_table(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    lines = [f"| {r['setting']} | {r['method']} | {r['starting_points']} | {r['evaluations']:.0f} | "
+             f"{r['search_s']:.0f} | {r['finalists_s']:.0f} | {r['old_default_search_s']:.0f} | {r['ratio']:.2f} |"
+             for r in rows]
+    return (f"\n\nWall time of a search and its finalist stage (every finalist's finetune counted) against the "
+            f"search that was the default before finalists ({OLD_DEFAULT_EVALUATIONS:,} evaluations, estimated at "
+            f"the same seconds per evaluation), seconds, means over starting points:\n\n"
+            "| setting | method | starting points | evaluations | search s | finalists s | earlier default's search "
+            "s (estimate) | (search + finalists) / earlier search |\n|---|---|---|---|---|---|---|---|\n"
+            + "\n".join(lines))
+
+
 def recipe_table(rows: list[dict]) -> str:
     if not rows:
         return ""
@@ -287,9 +323,11 @@ def main() -> None:
                 cells.save()
     rows = analyse(cells.rows, args.settings, args.methods, args.recipe, args.epochs)
     against_labels = recipe_rows(cells.rows, args.settings, args.methods, args.epochs)
+    costs = cost_rows(cells.rows, args.settings, args.methods, args.recipe, args.epochs)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     data = {"environment": environment(device), "search": SEARCH, "recipe": RECIPES[args.recipe],
             "finetune_epochs": args.epochs, "replicates": args.replicates, "rows": rows, "recipes": against_labels,
+            "costs": costs,
             "wall_s": round(time.perf_counter() - began, 1)}
     lines = [f"| {r['setting']} | {r['method']} | {r['starting_points']} | {100 * r['accuracy']:.1f} % | "
              f"{points(r['minus_l1'])} | {points(r['minus_unpruned'])} |" for r in rows]
@@ -299,7 +337,7 @@ def main() -> None:
                 f"cell's finetune seeds and over starting points; differences in points with 95 % t-intervals "
                 f"over starting points.\n\n| setting | method | starting points | accuracy | minus uniform l1 | "
                 f"minus unpruned |\n|---|---|---|---|---|---|\n" + "\n".join(lines)
-                + recipe_table(against_labels) + f"\n\nEnvironment: {data['environment']}.\n")
+                + cost_table(costs) + recipe_table(against_labels) + f"\n\nEnvironment: {data['environment']}.\n")
     write_results(f"{args.name}-{args.recipe}-{args.epochs}", data, markdown)
     print(markdown)
 
