@@ -73,9 +73,10 @@ SEARCHES = ("sensitivity", "allocation", "random-search", "reinforce")
 RULES = ("l1", "random", "global-l1")
 SEARCH = {"steps": 16, "samples_per_step": 16, "proxy": "calibrated-log-likelihood", "eval_samples": None,
           "finalists": {"count": 3, "margin": 0.005, "standard_errors": 1.0}}
+# learning rates pinned, so that a recipe names the same finetune whatever the spec's default is
 RECIPES = {
-    "labels": {},
-    "kd": {"distillation": {"weight": 0.9, "temperature": 4.0}},
+    "labels": {"lr": 0.02},
+    "kd": {"lr": 0.02, "distillation": {"weight": 0.9, "temperature": 4.0}},
     "labels-lr0.05": {"lr": 0.05},
     "kd-lr0.05": {"lr": 0.05, "distillation": {"weight": 0.9, "temperature": 4.0}},
 }
