@@ -66,10 +66,10 @@ def pretrain_job(model: str, seed: int, epochs: int = PRETRAIN["epochs"]) -> Job
     """Pretraining only (uniform l1 at keep 0.5, no finetune): its pretrained.safetensors seeds every method."""
     return JobSpec.model_validate({
         "name": f"{model}-{seed}-pretrain", "seed": seed, "model": MODELS[model], "dataset": dataset(model),
-        # prune fields pinned, though l1 uses none of them: a change of their defaults would otherwise make
+        # prune and finetune fields pinned, though the job uses none of them: a change of their defaults would make
         # the spec another job's and orphan every starting point already pretrained
         "pretrain": {**PRETRAIN, "epochs": epochs},
-        "prune": {"agent": "l1", "steps": 100, "proxy": "log-likelihood"}, "finetune": {"epochs": 0},
+        "prune": {"agent": "l1", "steps": 100, "proxy": "log-likelihood"}, "finetune": {"epochs": 0, "lr": 0.02},
         "export": {"formats": ["safetensors"], "latency_batches": []}, "device": "auto",
     })
 

@@ -305,11 +305,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=FINETUNE["epochs"])
     parser.add_argument("--replicates", type=int, default=3)
     parser.add_argument("--name", default="quality", help="results file stem; use another for trial runs")
+    parser.add_argument("--report-only", action="store_true", help="write the results of the cells run so far")
     args = parser.parse_args()
     began = time.perf_counter()
     runs, searches = Cells(RESULTS / f"{args.name}_runs.json"), Cells(RESULTS / f"{args.name}_searches.json")
     cells = Cells(RESULTS / f"{args.name}_cells.json")
-    for setting in args.settings:
+    for setting in [] if args.report_only else args.settings:
         for seed in args.seeds:
             bench = Bench(setting, seed, args.recipe, args.epochs, args.replicates, runs, searches, SEARCH)
             inputs = bench.point.inputs  # the unpruned model's own test accuracy: the gap pruning leaves
