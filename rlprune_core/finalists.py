@@ -112,7 +112,7 @@ def decide(scored: Sequence[Scored], margin: float, standard_errors: float = 0.0
     best = challengers[0]
     lead = best.accuracy - uniform.accuracy
     needed = max(margin, standard_errors * paired_standard_error(best.correct, uniform.correct))
-    if lead >= needed:
+    if lead >= needed - 1e-9:  # "at least": a lead of exactly the standard error (one image better) is no less
         return best, (f"{best.finalist.name} beat the uniform allocation by {lead:+.2%} on held-out validation "
                       f"images, at least the {needed:.2%} needed")
     return uniform, (f"the best candidate ({best.finalist.name}) was {lead:+.2%} against the uniform allocation on "
