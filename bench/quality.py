@@ -82,10 +82,10 @@ RECIPES = {
 }
 REFERENCE = "l1"
 UNPRUNED = "unpruned"
+OLD_DEFAULT_EVALUATIONS = 100 * 16 + 1  # reinforce, 100 steps x 16 candidates + its mode
 # A search's cell as other finalist rules would have decided it, from the same runs: the margin alone (the
 # rule before the paired test) and two standard errors (about what choosing the best of three challengers
 # at one standard error each asks for, Bonferroni-corrected)
-OLD_DEFAULT_EVALUATIONS = 100 * 16 + 1
 RULE_VARIANTS = {" (margin only)": 0.0, " (2 standard errors)": 2.0}
 
 
@@ -196,15 +196,18 @@ class Bench:
                     self.run(c.kept, self.replicates[0])["seconds"] for c in candidates)}
 
 
+def _matching(cells: dict[str, dict], **fields: object) -> list[dict]:
+    """The cells whose ``setting``, ``method``, ``recipe``, ``epochs``... are the given ones."""
+    return [c for c in cells.values() if all(c.get(k) == v for k, v in fields.items())]
+
+
 def analyse(cells: dict[str, dict], settings: Iterable[str], methods: list[str], recipe: str,
             epochs: int) -> list[dict]:
     rows = []
     for setting in settings:
         # per starting point: each method's mean accuracy, and the unpruned model's
         by_point: dict[tuple, dict[str, float]] = {}
-        for cell in cells.values():
-            if (cell.get("setting"), cell.get("recipe"), cell.get("epochs")) != (setting, recipe, epochs):
-                continue
+        for cell in _matching(cells, setting=setting, recipe=recipe, epochs=epochs):
             point = by_point.setdefault((cell["seed"], cell["weights"]), {UNPRUNED: cell["unpruned"]})
             point[cell["method"]] = float(np.mean(cell["returned"]))
             for suffix, returned in cell.get("variants", {}).items():
@@ -228,9 +231,8 @@ def recipe_rows(cells: dict[str, dict], settings: Iterable[str], methods: list[s
     rows = []
     for setting, method in itertools.product(settings, methods):
         by_recipe: dict[str, dict[tuple, dict]] = {}
-        for cell in cells.values():
-            if (cell.get("setting"), cell.get("method"), cell.get("epochs")) == (setting, method, epochs) \
-                    and "held_out" in cell:
+        for cell in _matching(cells, setting=setting, method=method, epochs=epochs):
+            if "held_out" in cell:
                 by_recipe.setdefault(cell["recipe"], {})[(cell["seed"], cell["weights"])] = cell
         labels = by_recipe.get("labels", {})
         for recipe, cells_of in by_recipe.items():
@@ -255,8 +257,7 @@ def cost_rows(cells: dict[str, dict], settings: Iterable[str], methods: list[str
     seconds per evaluation, since scoring candidates is nearly all of either search's time."""
     rows = []
     for setting, method in itertools.product(settings, [m for m in methods if m in SEARCHES]):
-        chosen = [c for c in cells.values() if (c.get("setting"), c.get("method"), c.get("recipe"), c.get("epochs"))
-                  == (setting, method, recipe, epochs)]
+        chosen = _matching(cells, setting=setting, method=method, recipe=recipe, epochs=epochs)
         if not chosen:
             continue
         search = float(np.mean([c["search_seconds"] for c in chosen]))
