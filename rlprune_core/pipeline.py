@@ -58,6 +58,7 @@ def run_pipeline(spec: JobSpec, workdir: str | Path, on_event: EventSink | None 
     as given either way.
     """
     folder = WorkFolder(Path(workdir), spec)
+    spec = folder.spec  # a resumed job goes on as it began
     if "export" in folder.done:
         folder.remove_intermediates()  # again, in case the run that finished was killed while doing it
         return folder.read_json("report.json")

@@ -33,8 +33,32 @@ INTERMEDIATES = ("finetuned.safetensors", "prune.json")
 INTERMEDIATE_PATTERNS = ("finalist-*.safetensors",)
 
 
+def _overlay(base: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with every field of ``given`` put in, nested objects field by field."""
+    merged = dict(base)
+    for key, value in given.items():
+        both_objects = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = _overlay(merged[key], value) if both_objects else value
+    return merged
+
+
+def same_job(stored: JobSpec, spec: JobSpec) -> bool:
+    """Whether ``spec`` asks for the job ``stored`` began.
+
+    Only the fields ``spec`` sets are compared: a field it leaves to its default means "as before", so a
+    job begun under an earlier default (a finetune learning rate that has since changed, a field a later
+    version added) resumes with the values it began with instead of being refused or silently changed.
+    """
+    given = spec.model_dump(mode="json", exclude_unset=True)
+    return JobSpec.model_validate(_overlay(stored.model_dump(mode="json"), given)) == stored
+
+
 class WorkFolder:
-    """The folder and its ``state.json``: opening it checks that it holds this spec's job (or none)."""
+    """The folder and its ``state.json``: opening it checks that it holds this spec's job (or none).
+
+    :attr:`spec` is the job's spec as it began: a resumed run goes on with it, whatever defaults have
+    changed since.
+    """
 
     def __init__(self, path: Path, spec: JobSpec):
         self.path = path
@@ -43,10 +67,11 @@ class WorkFolder:
         path.mkdir(parents=True, exist_ok=True)
         if self.state_path.exists():
             self.state = json.loads(self.state_path.read_text())
-            # compared as specs, so a field added by a later version (with its default) is no difference
-            if JobSpec.model_validate(self.state["spec"]) != spec:
+            self.spec = JobSpec.model_validate(self.state["spec"])
+            if not same_job(self.spec, spec):
                 raise WorkdirError("the work folder holds a different job; use an empty folder for a new spec")
         else:
+            self.spec = spec
             self.state = {"spec": spec.model_dump(mode="json"), "done": {}, "timings_s": {}, "baselines": {}}
         self.state.setdefault("finalists", {})
         self.state.setdefault("warnings", [])

@@ -4,6 +4,7 @@ and ``rlprune run``."""
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +22,9 @@ from rlprune_core.events import Stopped
 from rlprune_core.export import save_weights
 from rlprune_core.locations import Locations
 from rlprune_core.models import ModelConfig, build_model
+from rlprune_core.spec import JobSpec
 from rlprune_core.training import evaluate
+from rlprune_core.workfolder import WorkFolder
 
 from ..support.datasets import write_cifar10
 from ..support.paths import REPO
@@ -96,6 +99,28 @@ def test_a_different_spec_cannot_reuse_the_workdir(finished):
     with pytest.raises(WorkdirError) as caught:
         run_pipeline(tiny_spec(seed=1), workdir)
     assert str(workdir) not in str(caught.value)
+
+
+def test_a_job_begun_under_other_defaults_resumes_with_the_values_it_began_with(finished, tmp_path):
+    """A field the spec leaves to its default means "as before": a folder begun when the default was another
+    resumes with that value; a field the spec sets must still match."""
+    spec, workdir, report, _ = finished
+    copy = tmp_path / "job"
+    shutil.copytree(workdir, copy)
+    state = json.loads((copy / "state.json").read_text())
+    state["spec"]["finetune"]["momentum"] = 0.8  # tiny_spec leaves momentum to its default (0.9)
+    (copy / "state.json").write_text(json.dumps(state))
+    assert WorkFolder(copy, spec).spec.finetune.momentum == 0.8
+    assert run_pipeline(spec, copy) == report
+
+    def setting(**finetune) -> JobSpec:  # the same spec with finetune fields set
+        given = spec.model_dump(mode="json", exclude_unset=True)
+        return JobSpec.model_validate({**given, "finetune": {**given["finetune"], **finetune}})
+
+    assert WorkFolder(copy, setting(momentum=0.8)).spec.finetune.momentum == 0.8
+    for other in (setting(momentum=0.9), setting(lr=0.05)):
+        with pytest.raises(WorkdirError):
+            WorkFolder(copy, other)
 
 
 def test_inputs_come_from_the_locations_and_the_report_keeps_the_spec_as_given(tmp_path):
