@@ -63,6 +63,14 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             json.dump(measured, out, indent=1)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _small_threads_from_the_start() -> None:
+    """Before any module's fixtures run: a job a module fixture runs and one its test runs must see the same
+    thread count, or their floating-point sums differ (a resumed run would then not match the one it resumes)."""
+    torch.set_num_threads(min(2, THREADS))
+
+
 @pytest.fixture(autouse=True)
 def _small_threads() -> None:
+    """Again for each test, in case one before it changed the count."""
     torch.set_num_threads(min(2, THREADS))
