@@ -12,7 +12,7 @@ RUN := $(UV) run --frozen --compile-bytecode
 .tools/bin/uv:
 	python3 -m venv .tools && .tools/bin/pip install --quiet uv==$(UV_VERSION)
 
-.PHONY: serve demo test lint compose-smoke quickstart-check
+.PHONY: serve demo test test-architectures lint compose-smoke quickstart-check
 
 serve: $(filter .tools/bin/uv,$(UV))  ## the API and one worker on an embedded store (SQLite), at http://127.0.0.1:8000 (PORT=… for another port)
 	$(RUN) rlprune serve $(if $(PORT),--port $(PORT))
@@ -27,8 +27,12 @@ demo: $(filter .tools/bin/uv,$(UV))  ## prune a VGG-11 on the bundled digits to 
 TEST_PROCESSES ?= 2
 
 test: $(filter .tools/bin/uv,$(UV))  ## the test suite, then the linter
-	$(RUN) pytest -q -n $(TEST_PROCESSES) --dist loadfile --no-loadscope-reorder
+	$(RUN) pytest -q -n $(TEST_PROCESSES) --dist loadfile --no-loadscope-reorder -m "not every_architecture"
 	$(RUN) ruff check .
+
+# One test per admitted architecture (91), each spread over the processes on its own (--dist load).
+test-architectures: $(filter .tools/bin/uv,$(UV))  ## every admitted architecture pruned and exported to ONNX (CI runs it after the suite)
+	$(RUN) pytest -q -n $(TEST_PROCESSES) --dist load -m every_architecture tests/architectures
 
 lint: $(filter .tools/bin/uv,$(UV))
 	$(RUN) ruff check .

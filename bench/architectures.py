@@ -30,14 +30,12 @@ import torch
 from torch import nn
 
 from rlprune_core.cost import CostModel
-from rlprune_core.data import InputContract
-from rlprune_core.export import export_onnx, export_program
 from rlprune_core.masking import masked
 from rlprune_core.metrics import count_macs, count_params
 from rlprune_core.selection import Budget, select, uniform_counts
 from rlprune_core.structure import find_groups
 from rlprune_core.surgery import prune_model
-from tests.support.models import looking_trained
+from tests.support.models import looking_trained, onnx_logits, relative_error
 
 from .common import environment, write_results
 
@@ -80,17 +78,11 @@ def trained_looking(name: str) -> nn.Module:
 
 def onnx_error(pruned: nn.Module, x: torch.Tensor) -> float:
     """The largest difference between ONNX Runtime's logits and the pruned model's, relative to their scale."""
-    import onnxruntime
-
-    contract = InputContract(channels=3, size=SIZE, mean=[0.5] * 3, std=[0.25] * 3, resize=None)
     with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "model.onnx"
-        export_onnx(export_program(pruned, contract), path)
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        (logits,) = session.run(None, {"input": x.numpy()})
+        logits = onnx_logits(pruned, x, Path(folder))
     with torch.no_grad():
         reference = pruned(x)
-    return float((torch.from_numpy(logits) - reference).abs().max() / reference.abs().max().clamp(min=1.0))
+    return relative_error(logits, reference)
 
 
 def probe(name: str, onnx: bool = False) -> dict:
@@ -112,7 +104,7 @@ def probe(name: str, onnx: bool = False) -> dict:
             expected = model(x)
         pruned = prune_model(model, groups, kept, example).eval()
         with torch.no_grad():
-            error = float((pruned(x) - expected).abs().max() / expected.abs().max().clamp(min=1.0))
+            error = relative_error(pruned(x), expected)
         row["relative_error"] = error
         macs_ok = cost.macs(np.array(counts)) == count_macs(pruned, (3, SIZE, SIZE))
         params_ok = cost.params(np.array(counts)) == count_params(pruned)

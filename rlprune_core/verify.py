@@ -23,7 +23,8 @@ def _pt2_predictor(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda images: module(images.cpu())
 
 
-def _onnx_predictor(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
+def onnx_predictor(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Logits from ``path`` run in ONNX Runtime on CPU, as a user without PyTorch would run it."""
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -43,7 +44,7 @@ def verify_artifacts(folder: Path, formats: list[str], test: Split, expected: fl
         if "pt2" in formats:
             scores["pt2"] = accuracy(_pt2_predictor(folder / "model.pt2"), test)
         if "onnx" in formats:
-            scores["onnx"] = accuracy(_onnx_predictor(folder / "model.onnx"), test)
+            scores["onnx"] = accuracy(onnx_predictor(folder / "model.onnx"), test)
     result = {name: {"accuracy": score, "agrees": abs(score - expected) <= TOLERANCE}
               for name, score in scores.items()}
     wrong = [f"{name} scores {score:.4f}" for name, score in scores.items() if not result[name]["agrees"]]

@@ -4,8 +4,6 @@ files run side by side."""
 
 import json
 
-import numpy as np
-import onnxruntime
 import pytest
 import torch
 
@@ -15,11 +13,12 @@ from rlprune_core.export import export_onnx, export_program, export_pt2, model_d
 from rlprune_core.models import ModelConfig
 from rlprune_core.structure import find_groups
 from rlprune_core.surgery import prune_model
+from rlprune_core.verify import onnx_predictor
 
 from ..support.models import SIZE, TORCHVISION_REPRESENTATIVES, params, pruned_exactly, size_for, trained_looking
 
 # DenseNet-121's ONNX export is checked end to end (tests/e2e/test_bring_your_own_model.py), and every admitted
-# model's by bench.architectures --onnx.
+# model's by tests/architectures (`make test-architectures`).
 EXPORTED = [a for a in TORCHVISION_REPRESENTATIVES if a != "densenet121"]
 
 
@@ -41,9 +40,7 @@ def test_torchvision_models_export_and_reload_to_the_same_logits(arch, tmp_path)
         assert torch.allclose(loaded(x), reference, atol=1e-5)
         assert torch.allclose(torch.export.load(str(tmp_path / "model.pt2")).module()(x), reference, atol=1e-4)
     export_onnx(program, tmp_path / "model.onnx")
-    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
-    (logits,) = session.run(None, {"input": x.numpy()})
-    assert np.allclose(logits, reference.numpy(), atol=1e-4)
+    assert torch.allclose(onnx_predictor(tmp_path / "model.onnx")(x), reference, atol=1e-4)
 
 
 def test_a_model_json_written_before_bottlenecks_were_prunable_still_loads(tmp_path):
