@@ -83,6 +83,8 @@ RECIPES = {
 REFERENCE = "l1"
 UNPRUNED = "unpruned"
 OLD_DEFAULT_EVALUATIONS = 100 * 16 + 1  # reinforce, 100 steps x 16 candidates + its mode
+# The search that was the default before finalists, as its spec's defaults were: timed with --time-old-default
+OLD_DEFAULT_AGENT, OLD_DEFAULT_SEARCH = "reinforce", {**SEARCH, "steps": 100, "proxy": "log-likelihood"}
 # A search's cell as other finalist rules would have decided it, from the same runs: the margin alone (the
 # rule before the paired test) and two standard errors (about what choosing the best of three challengers
 # at one standard error each asks for, Bonferroni-corrected)
@@ -250,23 +252,34 @@ def recipe_rows(cells: dict[str, dict], settings: Iterable[str], methods: list[s
     return rows
 
 
-def cost_rows(cells: dict[str, dict], settings: Iterable[str], methods: list[str], recipe: str,
-              epochs: int) -> list[dict]:
+def old_default_key(setting: str, weights: str) -> str:
+    """Where the searches cache keeps the earlier default's search at a starting point (as Bench.searched)."""
+    return "|".join([setting, weights, OLD_DEFAULT_AGENT, _digest(OLD_DEFAULT_SEARCH)])
+
+
+def cost_rows(cells: dict[str, dict], searches: dict[str, dict], settings: Iterable[str], methods: list[str],
+              recipe: str, epochs: int) -> list[dict]:
     """What a search with its finalists costs against the search that was the default before finalists
-    (``reinforce``, 100 steps x 16 candidates + 1: 1,601 evaluations), that one estimated at the same
-    seconds per evaluation, since scoring candidates is nearly all of either search's time."""
+    (``reinforce``, 100 steps x 16 candidates + 1: 1,601 evaluations): timed at the starting points where
+    ``--time-old-default`` ran it, elsewhere estimated at the same seconds per evaluation, since scoring
+    candidates is nearly all of either search's time."""
     rows = []
     for setting, method in itertools.product(settings, [m for m in methods if m in SEARCHES]):
-        chosen = _matching(cells, setting=setting, method=method, recipe=recipe, epochs=epochs)
-        if not chosen:
-            continue
-        search = float(np.mean([c["search_seconds"] for c in chosen]))
-        finalists = float(np.mean([len(c["counts"]) * c["finetune_seconds_per_run"] for c in chosen]))
-        before = float(np.mean([OLD_DEFAULT_EVALUATIONS * c["search_seconds"] / c["evaluations"] for c in chosen]))
-        rows.append({"setting": setting, "method": method, "starting_points": len(chosen),
-                     "evaluations": float(np.mean([c["evaluations"] for c in chosen])), "search_s": search,
-                     "finalists_s": finalists, "old_default_search_s": before,
-                     "ratio": (search + finalists) / before})
+        by_timing: dict[bool, list[tuple[dict, float]]] = {}  # each cell with the earlier search's seconds
+        for cell in _matching(cells, setting=setting, method=method, recipe=recipe, epochs=epochs):
+            timed = searches.get(old_default_key(setting, cell["weights"]))
+            estimate = OLD_DEFAULT_EVALUATIONS * cell["search_seconds"] / cell["evaluations"]
+            by_timing.setdefault(timed is not None, []).append((cell, timed["seconds"] if timed else estimate))
+        for timed, pairs in sorted(by_timing.items()):
+            finalists = [len(c["counts"]) * c["finetune_seconds_per_run"] for c, _ in pairs]
+            rows.append({"setting": setting, "method": method, "starting_points": len(pairs),
+                         "evaluations": float(np.mean([c["evaluations"] for c, _ in pairs])),
+                         "search_s": float(np.mean([c["search_seconds"] for c, _ in pairs])),
+                         "finalists_s": float(np.mean(finalists)),
+                         "old_default_search_s": float(np.mean([before for _, before in pairs])),
+                         "old_default_timed": timed,
+                         "ratio": float(np.mean([(c["search_seconds"] + f) / before
+                                                 for (c, before), f in zip(pairs, finalists, strict=True)]))})
     return rows
 
 
@@ -274,13 +287,15 @@ def cost_table(rows: list[dict]) -> str:
     if not rows:
         return ""
     lines = [f"| {r['setting']} | {r['method']} | {r['starting_points']} | {r['evaluations']:.0f} | "
-             f"{r['search_s']:.0f} | {r['finalists_s']:.0f} | {r['old_default_search_s']:.0f} | {r['ratio']:.2f} |"
+             f"{r['search_s']:.0f} | {r['finalists_s']:.0f} | {r['old_default_search_s']:.0f} "
+             f"({'timed' if r.get('old_default_timed') else 'estimate'}) | {r['ratio']:.2f} |"
              for r in rows]
     return (f"\n\nWall time of a search and its finalist stage (every finalist's finetune counted) against the "
-            f"search that was the default before finalists ({OLD_DEFAULT_EVALUATIONS:,} evaluations, estimated at "
-            f"the same seconds per evaluation), seconds, means over starting points:\n\n"
+            f"search that was the default before finalists ({OLD_DEFAULT_EVALUATIONS:,} evaluations: timed where "
+            f"`--time-old-default` ran it at the same starting point, else estimated at the same seconds per "
+            f"evaluation), seconds, means over starting points (the ratio: mean of each point's own):\n\n"
             "| setting | method | starting points | evaluations | search s | finalists s | earlier default's search "
-            "s (estimate) | (search + finalists) / earlier search |\n|---|---|---|---|---|---|---|---|\n"
+            "s | (search + finalists) / earlier search |\n|---|---|---|---|---|---|---|---|\n"
             + "\n".join(lines))
 
 
@@ -307,6 +322,9 @@ def main() -> None:
     parser.add_argument("--replicates", type=int, default=3)
     parser.add_argument("--name", default="quality", help="results file stem; use another for trial runs")
     parser.add_argument("--report-only", action="store_true", help="write the results of the cells run so far")
+    parser.add_argument("--time-old-default", action="store_true",
+                        help="also run (once per starting point) the search that was the default before finalists, "
+                        "for the cost table")
     args = parser.parse_args()
     began = time.perf_counter()
     runs, searches = Cells(RESULTS / f"{args.name}_runs.json"), Cells(RESULTS / f"{args.name}_searches.json")
@@ -324,9 +342,12 @@ def main() -> None:
                             recipe=args.recipe, epochs=args.epochs, unpruned=base,
                             mean=float(np.mean(cell["returned"])))
                 cells.save()
+            if args.time_old_default:
+                Bench(setting, seed, args.recipe, args.epochs, args.replicates, runs, searches,
+                      OLD_DEFAULT_SEARCH).searched(OLD_DEFAULT_AGENT)
     rows = analyse(cells.rows, args.settings, args.methods, args.recipe, args.epochs)
     against_labels = recipe_rows(cells.rows, args.settings, args.methods, args.epochs)
-    costs = cost_rows(cells.rows, args.settings, args.methods, args.recipe, args.epochs)
+    costs = cost_rows(cells.rows, searches.rows, args.settings, args.methods, args.recipe, args.epochs)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     data = {"environment": environment(device), "search": SEARCH, "recipe": RECIPES[args.recipe],
             "finetune_epochs": args.epochs, "replicates": args.replicates, "rows": rows, "recipes": against_labels,
