@@ -88,8 +88,13 @@ class CountBudget:
 
     def verify(self, pretrained: nn.Module, model: nn.Module, kept: list[list[int]], baseline: dict,
                final: dict) -> dict:
-        return {"metric": self.metric, "keep": self.search_spec.budget.keep,
-                "achieved": final[self.metric] / baseline[self.metric]}
+        """The counts of the finished model against the budget: met by construction, and checked all the same,
+        since a network that misses it must never look finished (a resumed job's stored choice is an input)."""
+        keep, achieved = self.search_spec.budget.keep, final[self.metric] / baseline[self.metric]
+        if achieved > keep + 1e-9:
+            raise BudgetMissedError(f"prune.budget.keep: the pruned model keeps {achieved:.2%} of the unpruned "
+                                    f"model's {self.metric}, over the budget of {keep:.2%}")
+        return {"metric": self.metric, "keep": keep, "achieved": achieved}
 
 
 class LatencyBudget:

@@ -42,7 +42,8 @@ class BudgetError(RlpruneError, ValueError):
 
 
 class BudgetMissedError(RlpruneError):
-    """The finished model, measured on the budget's target, is slower than the budget allows."""
+    """The finished model misses its budget: measured slower on the budget's target than a latency budget
+    allows, or over a MACs or params budget (never by construction; checked before any artifact)."""
 
     code = "budget_missed"
 

@@ -21,7 +21,7 @@ from .checkpoint import load_weights
 from .data import InputContract
 from .files import write_atomically, write_serialized
 from .models import ModelConfig, build_model, built_by
-from .structure import PrunableGroup, find_groups
+from .structure import PrunableGroup, find_groups, kept_by_name
 from .surgery import prune_model
 
 FORMAT = "rlprune.model/1"
@@ -66,12 +66,11 @@ def rebuild(description: dict) -> nn.Module:
     model = build_model(ModelConfig(**description["model"]))
     example = example_input(description["input"])
     groups = find_groups(model, example)
-    kept_by_name = {g["name"]: g["kept_indices"] for g in description["groups"]}
-    if not set(kept_by_name) <= {g.name for g in groups}:
-        raise ValueError("model.json's groups do not match the architecture it names")
-    # A group the file does not list was not prunable when it was written (squeeze-excitation bottlenecks and
-    # classifier hidden units became groups later): all its channels are there.
-    kept = [kept_by_name.get(g.name, range(g.size)) for g in groups]
+    recorded = description["groups"]
+    try:
+        kept = kept_by_name(groups, [g["name"] for g in recorded], [g["kept_indices"] for g in recorded])
+    except ValueError as error:
+        raise ValueError("model.json's groups do not match the architecture it names") from error
     return prune_model(model, groups, kept, example)
 
 

@@ -18,7 +18,7 @@ The paired test asks for a lead the images themselves support, and otherwise ret
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ from .data import Split
 from .export import save_weights
 from .finetuning import Finetuner, held_out_scores
 from .spec import FinalistSpec
+from .structure import PrunableGroup, kept_by_name
 from .workfolder import WorkFolder
 
 UNIFORM = "uniform"
@@ -62,11 +63,14 @@ def finalists(candidates: Sequence[Candidate], uniform: list[list[int]], uniform
             *(Finalist(f"candidate {rank}", c.kept, c.reward) for rank, c in enumerate(challengers, start=1))]
 
 
-def from_selection(selection: dict, agent: str) -> list[Finalist]:
-    """The prune stage's networks as ``prune.json`` holds them (one ``kept`` list before finalists existed)."""
-    if "finalists" in selection:
-        return [Finalist(**f) for f in selection["finalists"]]
-    return [Finalist(agent, selection["kept"], None)]
+def from_selection(selection: dict, agent: str, groups: Sequence[PrunableGroup]) -> list[Finalist]:
+    """The prune stage's networks as ``prune.json`` holds them (one ``kept`` list before finalists existed),
+    over ``groups``: a job whose prune stage finished under an earlier version, with fewer prunable groups,
+    resumes with those groups whole, as it chose them."""
+    chosen = ([Finalist(**f) for f in selection["finalists"]] if "finalists" in selection
+              else [Finalist(agent, selection["kept"], None)])
+    names = selection.get("groups", [g.name for g in groups])
+    return [replace(f, kept=kept_by_name(groups, names, f.kept)) for f in chosen]
 
 
 def weights_of(folder: WorkFolder, index: int) -> Path:

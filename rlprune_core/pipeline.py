@@ -175,7 +175,7 @@ class _Run:
         """The networks the finetune stage chooses among: the search's result alone, or the uniform
         allocation and the search's best distinct candidates (its finalists), each fitted to the budget."""
         if "prune" in self.folder.done:
-            return from_selection(self.folder.read_json("prune.json"), self.spec.prune.agent)
+            return from_selection(self.folder.read_json("prune.json"), self.spec.prune.agent, self.inputs.groups)
         inputs = self.inputs
         began = time.perf_counter()
         self.emit(EventType.STAGE, "prune", f"choosing channels with the {self.spec.prune.agent} agent")

@@ -17,6 +17,7 @@ and is left whole: ConvNeXt prunes its MLPs' hidden units, not its residual stre
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -55,6 +56,19 @@ class PrunableGroup:
         if self.norms:
             return tuple(zip(self.norms, self.norm_offsets, strict=True))
         return tuple((name, 0) for name in self.producers)
+
+
+def kept_by_name(groups: Sequence[PrunableGroup], names: Sequence[str],
+                 kept: Sequence[Sequence[int]]) -> list[list[int]]:
+    """Each of ``groups``' kept channels from a record that names its groups (``model.json``, ``prune.json``),
+    perhaps written by an earlier version: a group the record does not list was not prunable when it was
+    written (squeeze-excitation bottlenecks and classifier hidden units became groups later) and keeps all its
+    channels. Raises ValueError where the record names a group the model does not have."""
+    recorded = dict(zip(names, kept, strict=True))
+    unknown = sorted(set(recorded) - {g.name for g in groups})
+    if unknown:
+        raise ValueError(f"the record's groups {', '.join(unknown[:3])} are not in the model")
+    return [list(recorded.get(g.name, range(g.size))) for g in groups]
 
 
 def channel_dim(module: nn.Module) -> int:

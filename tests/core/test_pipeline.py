@@ -123,6 +123,34 @@ def test_a_job_begun_under_other_defaults_resumes_with_the_values_it_began_with(
             WorkFolder(copy, other)
 
 
+def test_a_job_whose_prune_stage_chose_among_fewer_groups_resumes_with_the_others_whole(tmp_path):
+    """Squeeze-excitation bottlenecks and classifier hidden units became prunable groups after jobs had run:
+    a job whose prune stage finished before that (its prune.json without them) resumes with their channels
+    whole, as it chose them, instead of failing on a group count it no longer matches."""
+    spec = tiny_spec(model={"arch": "mobilenet_v3_small", "width": 1.0}, pretrain={"epochs": 1})
+
+    def pruned() -> bool:
+        return (tmp_path / "prune.json").exists()
+
+    with pytest.raises(Stopped):
+        run_pipeline(spec, tmp_path, should_stop=pruned)
+    selection = json.loads((tmp_path / "prune.json").read_text())
+    older = [i for i, name in enumerate(selection["groups"]) if ".fc1" in name or name.startswith("classifier")]
+    assert older  # the groups an earlier version did not have
+    for finalist in selection["finalists"]:  # fewer channels elsewhere, as a choice with those groups whole
+        finalist["kept"] = [k[:max(1, len(k) // 2)] for i, k in enumerate(finalist["kept"]) if i not in older]
+    stored = dict(zip([n for i, n in enumerate(selection["groups"]) if i not in older],
+                      selection["finalists"][0]["kept"], strict=True))
+    whole = {selection["groups"][i] for i in older}
+    selection["groups"] = [name for i, name in enumerate(selection["groups"]) if i not in older]
+    (tmp_path / "prune.json").write_text(json.dumps(selection))
+    report = run_pipeline(spec, tmp_path)
+    layers = {layer["name"]: layer for layer in report["layers"]}
+    assert all(layers[name]["channels_after"] == layers[name]["channels_before"] for name in whole)
+    assert all(layers[name]["channels_after"] == len(kept) for name, kept in stored.items())
+    assert report["budget"]["achieved"] <= spec.prune.budget.keep
+
+
 def test_inputs_come_from_the_locations_and_the_report_keeps_the_spec_as_given(tmp_path):
     write_cifar10(tmp_path / "datasets" / "resolved")
     torch.manual_seed(0)
