@@ -251,6 +251,26 @@ class Policy(Protocol):
         """Extra figures for each prune_step event."""
 
 
+def load_search_state(context: SearchContext, name: str) -> dict[str, Any] | None:
+    """The state a search saved under ``name``, or None to start it again: none was saved, or it was saved
+    over other prunable groups than this job's (a version that finds groups differently ran before the resume;
+    squeeze-excitation bottlenecks and classifier hidden units became groups that way). A state saved before
+    states recorded their groups is taken as it is."""
+    path = context.state_dir / f"{name}.pt"
+    if not path.exists():
+        return None
+    state = torch.load(path, map_location=context.device, weights_only=True)
+    return state if state.get("groups", _group_names(context)) == _group_names(context) else None
+
+
+def save_search_state(context: SearchContext, name: str, state: dict[str, Any]) -> None:
+    save_atomic({**state, "groups": _group_names(context)}, context.state_dir / f"{name}.pt")
+
+
+def _group_names(context: SearchContext) -> list[str]:
+    return [g.name for g in context.groups]
+
+
 def run_search(policy: nn.Module, environment: PruningEnvironment, context: SearchContext, method: str,
                criterion: str) -> SearchResult:
     """``spec.steps`` steps of ``samples_per_step`` candidates from ``policy`` (a module implementing
@@ -263,9 +283,8 @@ def run_search(policy: nn.Module, environment: PruningEnvironment, context: Sear
     optimizer = torch.optim.Adam(parameters, lr=spec.lr) if parameters else None
     generator = torch.Generator().manual_seed(context.seed)
     history, board, start = SearchHistory(), Leaderboard(leaderboard_size(spec)), 0
-    checkpoint = context.state_dir / f"{method}.pt"
-    if checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=True)
+    state = load_search_state(context, method)
+    if state is not None:
         policy.load_state_dict(state["policy"])
         if optimizer is not None:
             optimizer.load_state_dict(state["optimizer"])
@@ -282,9 +301,9 @@ def run_search(policy: nn.Module, environment: PruningEnvironment, context: Sear
         if optimizer is not None:
             reinforce_step(optimizer, policy.log_prob(masks), torch.as_tensor(scores.rewards, dtype=torch.float32))
         history.record(scores, time.perf_counter() - step_began, masks)
-        save_atomic({"policy": policy.state_dict(), "optimizer": optimizer.state_dict() if optimizer else None,
-                     "generator": generator.get_state(), "history": vars(history), "step": step + 1,
-                     "board": board.state()}, checkpoint)
+        save_search_state(context, method, {
+            "policy": policy.state_dict(), "optimizer": optimizer.state_dict() if optimizer else None,
+            "generator": generator.get_state(), "history": vars(history), "step": step + 1, "board": board.state()})
         context.report((step + 1) / spec.steps, f"search step {step + 1}/{spec.steps}: mean {spec.proxy} "
                        f"{history.mean_reward[-1]:.3f}, mean accuracy {history.mean_accuracy[-1]:.2%}, best "
                        f"{max(history.best_reward):.3f}",

@@ -37,7 +37,7 @@ from ..loader import BatchLoader
 from ..masking import masked
 from ..selection import bn_scale_importance, channel_scores, l1_importance, ranking, top_k, uniform_counts
 from ..structure import channel_dim
-from ..training import save_atomic, sgd_steps
+from ..training import sgd_steps
 from .base import (
     Leaderboard,
     SearchContext,
@@ -45,8 +45,10 @@ from .base import (
     SearchResult,
     environment_for,
     leaderboard_size,
+    load_search_state,
     proxy_summary,
     reinforce_step,
+    save_search_state,
 )
 from .reinforce import project_masks
 
@@ -150,9 +152,8 @@ class PolicyNetworkAgent:
         network = PolicyNetwork(float(np.clip(sum(layers.shares) / sum(g.size for g in groups), 0.05, 0.95)))
         optimizer = torch.optim.Adam(network.parameters(), lr=spec.lr * NETWORK_LR_SCALE)
         history, board, first_layer = SearchHistory(), Leaderboard(leaderboard_size(spec)), 0
-        checkpoint = context.state_dir / "policy-network.pt"
-        if checkpoint.exists():
-            state = torch.load(checkpoint, map_location=context.device, weights_only=True)
+        state = load_search_state(context, "policy-network")
+        if state is not None:
             network.load_state_dict(state["network"])
             optimizer.load_state_dict(state["optimizer"])
             work.load_state_dict(state["work"])
@@ -192,9 +193,9 @@ class PolicyNetworkAgent:
             if index + 1 < len(groups) and spec.layer_finetune_steps:
                 self._finetune(work, context, layers.current_masks(context.device), index)
                 board = Leaderboard(board.size)  # scores before the finetune are not comparable with those after it
-            save_atomic({"network": network.state_dict(), "optimizer": optimizer.state_dict(),
-                         "work": work.state_dict(), "decided": layers.decided, "history": vars(history),
-                         "layer": index + 1, "board": board.state()}, checkpoint)
+            save_search_state(context, "policy-network", {
+                "network": network.state_dict(), "optimizer": optimizer.state_dict(), "work": work.state_dict(),
+                "decided": layers.decided, "history": vars(history), "layer": index + 1, "board": board.state()})
         final = masks_of([layers.decided], groups)
         board.offer(environment.score(final), final)
         best = board.best

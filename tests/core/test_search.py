@@ -157,6 +157,28 @@ def test_search_is_reproducible_and_resumes_where_it_stopped(tiny, tmp_path, age
     assert resumed.summary["proxy"] == straight.summary["proxy"]
 
 
+@pytest.mark.parametrize("agent", ["reinforce", "policy-network"])
+def test_a_search_state_saved_over_other_groups_is_set_aside(tiny, tmp_path, agent):
+    """A job resumed by a version that finds other prunable groups (as squeeze-excitation bottlenecks became
+    groups) cannot go on with a state saved over the old ones: its search starts again and finds what an
+    uninterrupted one finds."""
+    straight = get_agent(agent).search(context_for(tiny, tmp_path / "a"))
+    reports = []
+    stopping = context_for(tiny, tmp_path / "b", StopCheck(lambda: len(reports) >= 5, interval=0.0))
+    stopping.report = lambda *args: reports.append(args)
+    with pytest.raises(Stopped):
+        get_agent(agent).search(stopping)
+    [saved] = (tmp_path / "b").glob("*.pt")
+    state = torch.load(saved, weights_only=True)
+    state["groups"] = state["groups"][:-1]
+    torch.save(state, saved)
+    again = []
+    resumed = context_for(tiny, tmp_path / "b")
+    resumed.report = lambda fraction, *_: again.append(fraction)
+    assert get_agent(agent).search(resumed).kept == straight.kept
+    assert again[0] == reports[0][0]  # from the first step
+
+
 @pytest.mark.parametrize("agent", SEARCHES)
 def test_search_results_meet_the_budget_and_leave_the_model_alone(tiny, tmp_path, agent):
     _, model, groups, cost, _ = tiny
