@@ -29,15 +29,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from rlprune_core.architectures import MIN_IMAGE_SIZES
 from rlprune_core.cost import CostModel
 from rlprune_core.masking import masked
 from rlprune_core.metrics import count_macs, count_params
+from rlprune_core.models.torchvision_models import build_torchvision
 from rlprune_core.selection import Budget, select, uniform_counts
 from rlprune_core.structure import find_groups
 from rlprune_core.surgery import prune_model
 from tests.support.models import looking_trained, onnx_logits, relative_error
 
-from .common import environment, write_results
+from .common import RESULTS, environment, write_results
 
 SIZE = 64
 PROBE_SECONDS = 120
@@ -71,9 +73,7 @@ def trained_looking(name: str) -> nn.Module:
         import timm
 
         return looking_trained(timm.create_model(name.removeprefix("timm/"), pretrained=False, num_classes=10))
-    import torchvision
-
-    return looking_trained(torchvision.models.get_model(name, weights=None, num_classes=10))
+    return looking_trained(build_torchvision(name, 10, 3))  # as a job builds it (GoogLeNet without aux heads)
 
 
 def onnx_error(pruned: nn.Module, x: torch.Tensor) -> float:
@@ -89,7 +89,8 @@ def probe(name: str, onnx: bool = False) -> dict:
     began = time.perf_counter()
     model = trained_looking(name)
     row: dict = {"arch": name, "params_m": round(count_params(model) / 1e6, 2)}
-    example = torch.zeros(1, 3, SIZE, SIZE)
+    size = max(SIZE, MIN_IMAGE_SIZES.get(name, 0))
+    example = torch.zeros(1, 3, size, size)
     try:
         groups = find_groups(model, example)
         row["groups"] = len(groups)
@@ -98,7 +99,7 @@ def probe(name: str, onnx: bool = False) -> dict:
         cost = CostModel.from_model(model, groups, example)
         counts = uniform_counts(cost, Budget("macs", 0.5))
         kept = select(model, groups, counts, "l1", seed=0)
-        x = torch.randn(2, 3, SIZE, SIZE)
+        x = torch.randn(2, 3, size, size)
         with torch.no_grad(), masked(model, groups, [torch.zeros(1, g.size).index_fill_(1, torch.tensor(k), 1.0)
                                                      for g, k in zip(groups, kept, strict=True)]):
             expected = model(x)
@@ -106,7 +107,7 @@ def probe(name: str, onnx: bool = False) -> dict:
         with torch.no_grad():
             error = relative_error(pruned(x), expected)
         row["relative_error"] = error
-        macs_ok = cost.macs(np.array(counts)) == count_macs(pruned, (3, SIZE, SIZE))
+        macs_ok = cost.macs(np.array(counts)) == count_macs(pruned, (3, size, size))
         params_ok = cost.params(np.array(counts)) == count_params(pruned)
         failures = [f for f, bad in (("masked != removed", error > TOLERANCE), ("cost model's MACs", not macs_ok),
                                      ("cost model's params", not params_ok)) if bad]
@@ -147,11 +148,15 @@ def main() -> None:
     if args.one:
         print(json.dumps(probe(args.one, args.onnx)))
         return
-    rows = []
     names = cnn_names() if args.source == "torchvision" else [f"timm/{n}" for n in TIMM_CANDIDATES]
+    stem = "architectures" if args.source == "torchvision" else "architectures-timm"
+    # --only probes again and replaces those rows of the results written before
+    earlier = json.loads((RESULTS / f"{stem}.json").read_text())["rows"] if args.only else []
+    rows = {r["arch"]: r for r in earlier}
     for name in args.only or names:
-        rows.append(probe_apart(name, args.onnx))
-        print(rows[-1], flush=True)
+        rows[name] = probe_apart(name, args.onnx)
+        print(rows[name], flush=True)
+    rows = list(rows.values())
     passed = [r["arch"] for r in rows if r["ok"]]
     data = {"environment": environment(torch.device("cpu")), "image_size": SIZE, "tolerance": TOLERANCE,
             "onnx": args.onnx, "rows": rows, "passed": passed}
@@ -160,12 +165,13 @@ def main() -> None:
     flags = ("" if args.source == "torchvision" else " --source timm") + (" --onnx" if args.onnx else "")
     onnx = ", and ONNX Runtime's logits of the exported pruned model against the pruned model's" if args.onnx else ""
     markdown = (f"# Which {args.source} CNNs prune exactly\n\n`uv run python -m bench.architectures{flags}`: "
-                f"each CNN at {SIZE} pixels, half its MACs kept by uniform l1; masked logits against the physically "
-                f"pruned model's (tolerance {TOLERANCE}), the cost model against the pruned layers{onnx}. "
+                f"each CNN at {SIZE} pixels (or the smallest it takes), half its MACs kept by uniform l1; masked "
+                f"logits against the physically pruned model's (tolerance {TOLERANCE}), the cost model against the "
+                f"pruned layers{onnx}. "
                 f"**{len(passed)} of {len(rows)} pass.**\n\n"
                 "| architecture | params (M) | groups | relative error | ONNX error | result |\n"
                 "|---|---|---|---|---|---|\n" + "\n".join(lines) + f"\n\nEnvironment: {data['environment']}.\n")
-    write_results("architectures" if args.source == "torchvision" else "architectures-timm", data, markdown)
+    write_results(stem, data, markdown)
     print(markdown)
 
 

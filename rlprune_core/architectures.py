@@ -28,7 +28,7 @@ TorchvisionArch = Literal[
     "regnet_y_16gf", "regnet_y_32gf", "regnet_y_128gf",
     "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn",
     "densenet121", "densenet161", "densenet169", "densenet201", "squeezenet1_0", "squeezenet1_1", "alexnet",
-    "convnext_tiny", "convnext_small", "convnext_base", "convnext_large",
+    "convnext_tiny", "convnext_small", "convnext_base", "convnext_large", "googlenet", "inception_v3",
 ]
 # timm CNNs that practitioners fine-tune, each probed like torchvision's (bench/results/architectures-timm.md:
 # masked == removed, the cost model against the pruned layers); a family representative is tested in the suite.
@@ -49,18 +49,20 @@ Arch = Literal[CifarArch, LibraryArch]
 # reads several groups' channels side by side (a concatenation), or a linear runs on every pixel of a
 # channels-last map (ConvNeXt), it cannot: these take MACs and params budgets only.
 CONCATENATING = frozenset(("densenet121", "densenet161", "densenet169", "densenet201", "squeezenet1_0",
-                           "squeezenet1_1", "timm/densenet121", "timm/dla34"))
+                           "squeezenet1_1", "googlenet", "inception_v3", "timm/densenet121", "timm/dla34"))
 LATENCY_UNPRICED = {
     **dict.fromkeys(CONCATENATING, "its layers read concatenated channels"),
     **dict.fromkeys(("convnext_tiny", "convnext_small", "convnext_base", "convnext_large", "timm/convnext_tiny"),
                     "its linear layers run on every pixel of a channels-last map"),
 }
 # The smallest image an architecture's downsampling leaves a pixel of (the spec's floor is 32 otherwise).
-MIN_IMAGE_SIZES = {"alexnet": 63}
+MIN_IMAGE_SIZES = {"alexnet": 63, "inception_v3": 75}
+# Classifiers that only training runs (GoogLeNet's and Inception v3's auxiliary heads): these models are built
+# without them, and a user's checkpoint that has them loads without them (state-dict prefixes).
+AUXILIARY_HEADS = {"googlenet": ("aux1.", "aux2."), "inception_v3": ("AuxLogits.",)}
 REFUSED_ARCHS = {
     **dict.fromkeys(("shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0"),
                     "shuffles channels between branches, which the structure layer cannot follow"),
-    **dict.fromkeys(("googlenet", "inception_v3"), "has auxiliary classifiers the cost model does not see"),
 }
 
 

@@ -11,6 +11,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from .architectures import AUXILIARY_HEADS
 from .errors import CheckpointError
 from .models import ModelConfig
 from .structure import head_layers
@@ -42,7 +43,8 @@ def load_checkpoint(model: nn.Module, path: Path | None, config: ModelConfig, de
     dataset) loads everything else and leaves the model's freshly initialised classifier in place; the names
     of those tensors are returned so the job can say so. Missing, unreadable, a directory, not safetensors, or
     other wrong shapes: the message has the same shape for each, and it never echoes the path, so it cannot
-    tell which files exist. Tensor names do appear: they describe the model, not this machine.
+    tell which files exist. Tensor names do appear: they describe the model, not this machine. Auxiliary
+    classifiers (GoogLeNet's, Inception v3's) are left out: the model is built without them.
     """
     wrong = CheckpointError(f"model.checkpoint: not a safetensors state of {config.arch} at width {config.width} "
                             f"with {config.num_classes} classes")
@@ -52,6 +54,8 @@ def load_checkpoint(model: nn.Module, path: Path | None, config: ModelConfig, de
         state = load_file(str(path), device=str(device))
     except (SafetensorError, OSError, ValueError) as exc:
         raise wrong from exc
+    auxiliary = AUXILIARY_HEADS.get(config.arch, ())
+    state = {name: tensor for name, tensor in state.items() if not name.startswith(auxiliary)}
     expected = model.state_dict()
     reshaped = [name for name, tensor in state.items() if name in expected and tensor.shape != expected[name].shape]
     differences = [

@@ -20,16 +20,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..architectures import MIN_IMAGE_SIZES
 from . import ARCHS, ModelConfig, build_model
 
 TABLE = Path(__file__).with_name("sizes.json")
-REFERENCE_SIZE = 64  # pixels per side: every architecture takes it, and a 64 x 64 pass measures in milliseconds
+REFERENCE_SIZE = 64  # pixels per side: a 64 x 64 pass measures in milliseconds
 CLASSES = 10
 
 
-def measure(arch: str, size: int = REFERENCE_SIZE) -> dict[str, float]:
+def measure(arch: str) -> dict[str, float]:
     """Parameters, activation values per image pixel summed over every leaf module's output (what autograd
-    keeps, near enough), and the largest single activation per pixel (what an evaluation pass holds)."""
+    keeps, near enough), and the largest single activation per pixel (what an evaluation pass holds), at
+    ``REFERENCE_SIZE`` pixels or the smallest the architecture takes if larger (Inception v3's 75)."""
+    size = max(REFERENCE_SIZE, MIN_IMAGE_SIZES.get(arch, 0))
     with torch.random.fork_rng(devices=[]):  # built on the CPU (some builders compute with tensors), run on meta
         model = build_model(ModelConfig(arch, CLASSES, 3, 1.0)).to("meta")
     outputs: list[int] = []

@@ -3,7 +3,9 @@
 They are built by torchvision itself (``torchvision.models.get_model``, never with downloaded weights), so
 their state-dict keys are torchvision's and a user's own ``model.state_dict()`` loads as it is. Only two
 things differ from the published definition, both forced by the data: the classifier has the data's
-class count, and a stem for images of other than three channels takes that many.
+class count, and a stem for images of other than three channels takes that many. GoogLeNet and Inception v3
+are built without their auxiliary classifiers (training-only heads); a checkpoint's copies of them are
+ignored when it loads.
 
 Each name listed here is covered by tests of every invariant the built-in models hold (masked == removed,
 the cost model against the real modules, export round trips). Coupled channels come from Torch-Pruning's
@@ -18,7 +20,7 @@ from typing import get_args
 
 from torch import nn
 
-from ..architectures import TorchvisionArch
+from ..architectures import AUXILIARY_HEADS, TorchvisionArch
 
 ARCHS: tuple[str, ...] = get_args(TorchvisionArch)
 
@@ -39,7 +41,10 @@ def build_torchvision(arch: str, num_classes: int, in_channels: int) -> nn.Modul
     # built-in architecture, and every worker process that starts, would otherwise pay.
     import torchvision
 
-    model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+    # without the auxiliary heads, which only training runs and the structure layer cannot price: a pruned
+    # network is finetuned on its main classifier alone
+    options = {"aux_logits": False, "init_weights": True} if arch in AUXILIARY_HEADS else {}
+    model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **options)
     if in_channels != 3:
         _replace_stem(model, in_channels)
     return model

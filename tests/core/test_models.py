@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from rlprune_core.checkpoint import load_checkpoint
 from rlprune_core.metrics import count_macs, count_params
 from rlprune_core.models import ARCHS, TIMM_ARCHS, TORCHVISION_ARCHS, ModelConfig, build_model
 
@@ -46,6 +47,26 @@ def test_torchvision_models_keep_torchvision_state_names():
     ours = build_model(ModelConfig("resnet18", num_classes=10, in_channels=3)).state_dict()
     theirs = torchvision.models.resnet18(num_classes=10).state_dict()
     assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}
+
+
+@pytest.mark.parametrize(("arch", "heads"), [("googlenet", "aux1."), ("inception_v3", "AuxLogits.")])
+def test_a_checkpoint_with_auxiliary_classifiers_loads_into_the_model_built_without_them(arch, heads, tmp_path):
+    """torchvision trains GoogLeNet and Inception v3 with auxiliary heads that inference never runs: a user's
+    state dict has them, ours is built without them, and everything else loads as it is."""
+    import torchvision
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    theirs = torchvision.models.get_model(arch, weights=None, num_classes=10, aux_logits=True, init_weights=True)
+    state = theirs.state_dict()
+    assert any(name.startswith(heads) for name in state)
+    save_file(state, tmp_path / "theirs.safetensors")
+    config = ModelConfig(arch, num_classes=10, in_channels=3)
+    ours = build_model(config)
+    assert load_checkpoint(ours, tmp_path / "theirs.safetensors", config, torch.device("cpu")) == []
+    x = torch.randn(2, 3, size_for(arch), size_for(arch))
+    with torch.no_grad():
+        assert torch.equal(ours.eval()(x), theirs.eval()(x))
 
 
 def test_torchvision_models_take_no_width():

@@ -152,7 +152,7 @@ def test_a_latency_budget_is_measured_at_batch_one_on_the_job_s_device_unless_to
 
 
 @pytest.mark.parametrize(("arch", "words"), [
-    ("googlenet", "auxiliary"), ("inception_v3", "auxiliary"), ("shufflenet_v2_x1_0", "shuffles"),
+    ("shufflenet_v2_x1_0", "shuffles"),
     ("resnet19", "did you mean 'resnet18'"), ("no-such-net", "unknown architecture"),
 ])
 def test_a_refused_architecture_is_told_why_in_one_short_line(arch, words):

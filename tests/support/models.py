@@ -76,7 +76,7 @@ HEAVY = {"resnet101", "resnet152", "wide_resnet50_2", "wide_resnet101_2", "resne
 # meets the same module kinds in a family's deeper or wider variants.
 TORCHVISION_REPRESENTATIVES = ["resnet18", "resnet50", "resnext50_32x4d", "mobilenet_v2", "mobilenet_v3_small",
                                "mnasnet0_5", "efficientnet_b0", "regnet_x_400mf", "vgg11_bn", "squeezenet1_1",
-                               "alexnet", "convnext_tiny", "densenet121"]
+                               "alexnet", "convnext_tiny", "densenet121", "googlenet"]
 # One timm model per family builder (timm's ResNet and EfficientNet/MobileNet builders make most of the admitted
 # ones); every admitted timm name passed bench.architectures' probe.
 TIMM_REPRESENTATIVES = ["timm/resnet50d", "timm/efficientnet_b0"]
