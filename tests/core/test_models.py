@@ -1,5 +1,7 @@
 """The model zoo: every architecture builds, counts its MACs and params, and takes the data's shapes."""
 
+import json
+
 import pytest
 import torch
 
@@ -72,3 +74,15 @@ def test_a_checkpoint_with_auxiliary_classifiers_loads_into_the_model_built_with
 def test_torchvision_models_take_no_width():
     with pytest.raises(ValueError, match=r"width must be 1\.0"):
         build_model(ModelConfig("mobilenet_v2", num_classes=10, in_channels=3, width=0.5))
+
+
+def test_the_size_table_knows_every_architecture_and_matches_a_measurement():
+    """The torch-free API sizes a job from rlprune_core/models/sizes.json; a stale row would misjudge memory.
+    Measuring every architecture takes a minute, so a few stand for the rest (``python -m
+    rlprune_core.models.sizes`` rewrites the table)."""
+    from rlprune_core.models.sizes import TABLE, measure
+
+    table = json.loads(TABLE.read_text())
+    assert set(table) == set(ARCHS)
+    for arch in ("vgg11", "resnet20", "mobilenet_v2", "googlenet", "inception_v3", "timm/resnet18"):
+        assert measure(arch) == table[arch]
