@@ -151,14 +151,18 @@ def main() -> None:
     names = cnn_names() if args.source == "torchvision" else [f"timm/{n}" for n in TIMM_CANDIDATES]
     stem = "architectures" if args.source == "torchvision" else "architectures-timm"
     # --only probes again and replaces those rows of the results written before
-    earlier = json.loads((RESULTS / f"{stem}.json").read_text())["rows"] if args.only else []
-    rows = {r["arch"]: r for r in earlier}
+    earlier = json.loads((RESULTS / f"{stem}.json").read_text()) if args.only else {"rows": []}
+    rows = {r["arch"]: r for r in earlier["rows"]}
     for name in args.only or names:
         rows[name] = probe_apart(name, args.onnx)
         print(rows[name], flush=True)
     rows = list(rows.values())
     passed = [r["arch"] for r in rows if r["ok"]]
-    data = {"environment": environment(torch.device("cpu")), "image_size": SIZE, "tolerance": TOLERANCE,
+    here = environment(torch.device("cpu"))
+    # rows probed again keep the earlier run's environment for the rest, and say where they ran
+    again = [*earlier.get("probed_again", []), {"names": args.only, "environment": here}] if args.only else []
+    data = {"environment": earlier.get("environment", here), "probed_again": again, "image_size": SIZE,
+            "tolerance": TOLERANCE,
             "onnx": args.onnx, "rows": rows, "passed": passed}
     lines = [f"| {r['arch']} | {r.get('params_m', '')} | {r.get('groups', '')} | {_error(r.get('relative_error'))} "
              f"| {_error(r.get('onnx_error'))} | {'exact' if r['ok'] else r['failure']} |" for r in rows]
@@ -170,7 +174,8 @@ def main() -> None:
                 f"pruned layers{onnx}. "
                 f"**{len(passed)} of {len(rows)} pass.**\n\n"
                 "| architecture | params (M) | groups | relative error | ONNX error | result |\n"
-                "|---|---|---|---|---|---|\n" + "\n".join(lines) + f"\n\nEnvironment: {data['environment']}.\n")
+                "|---|---|---|---|---|---|\n" + "\n".join(lines) + f"\n\nEnvironment: {data['environment']}.\n"
+                + "".join(f"\nProbed again with `--only {' '.join(a['names'])}`: {a['environment']}.\n" for a in again))
     write_results(stem, data, markdown)
     print(markdown)
 
