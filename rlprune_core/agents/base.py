@@ -254,13 +254,24 @@ class Policy(Protocol):
 def load_search_state(context: SearchContext, name: str) -> dict[str, Any] | None:
     """The state a search saved under ``name``, or None to start it again: none was saved, or it was saved
     over other prunable groups than this job's (a version that finds groups differently ran before the resume;
-    squeeze-excitation bottlenecks and classifier hidden units became groups that way). A state saved before
-    states recorded their groups is taken as it is."""
+    squeeze-excitation bottlenecks and classifier hidden units became groups that way). Loaded on the CPU: a
+    random generator's state must be there, and ``load_state_dict`` puts each tensor where its module is."""
     path = context.state_dir / f"{name}.pt"
     if not path.exists():
         return None
-    state = torch.load(path, map_location=context.device, weights_only=True)
-    return state if state.get("groups", _group_names(context)) == _group_names(context) else None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if "groups" in state:
+        return state if state["groups"] == _group_names(context) else None
+    return state if _lists_per_group(state, len(context.groups)) else None
+
+
+def _lists_per_group(state: dict[str, Any], groups: int) -> bool:
+    """For a state saved before states recorded their groups: whether its per-group lists (its candidates'
+    kept channels, a layer-by-layer search's decisions) have one entry per group of this job."""
+    board = state.get("board", state.get("best")) or {}
+    lists = [c["kept"] for c in board.get("entries", [board] if "kept" in board else [])]
+    lists += [state["decided"]] if "decided" in state else []
+    return all(len(kept) == groups for kept in lists)
 
 
 def save_search_state(context: SearchContext, name: str, state: dict[str, Any]) -> None:

@@ -157,21 +157,36 @@ def test_search_is_reproducible_and_resumes_where_it_stopped(tiny, tmp_path, age
     assert resumed.summary["proxy"] == straight.summary["proxy"]
 
 
+def one_group_fewer(state: dict) -> dict:
+    """``state`` as it would be saved over one group fewer, before states recorded their groups."""
+    del state["groups"]
+    for candidate in state["board"]["entries"]:
+        candidate["kept"] = candidate["kept"][:-1]
+    if "decided" in state:
+        state["decided"] = state["decided"][:-1]
+    return state
+
+
+@pytest.mark.parametrize("saved", ["with its groups", "before groups were recorded"])
 @pytest.mark.parametrize("agent", ["reinforce", "policy-network"])
-def test_a_search_state_saved_over_other_groups_is_set_aside(tiny, tmp_path, agent):
+def test_a_search_state_saved_over_other_groups_is_set_aside(tiny, tmp_path, agent, saved):
     """A job resumed by a version that finds other prunable groups (as squeeze-excitation bottlenecks became
     groups) cannot go on with a state saved over the old ones: its search starts again and finds what an
-    uninterrupted one finds."""
+    uninterrupted one finds. A state from before states recorded their groups is judged by its per-group
+    lists."""
     straight = get_agent(agent).search(context_for(tiny, tmp_path / "a"))
     reports = []
     stopping = context_for(tiny, tmp_path / "b", StopCheck(lambda: len(reports) >= 5, interval=0.0))
     stopping.report = lambda *args: reports.append(args)
     with pytest.raises(Stopped):
         get_agent(agent).search(stopping)
-    [saved] = (tmp_path / "b").glob("*.pt")
-    state = torch.load(saved, weights_only=True)
-    state["groups"] = state["groups"][:-1]
-    torch.save(state, saved)
+    [path] = (tmp_path / "b").glob("*.pt")
+    state = torch.load(path, weights_only=True)
+    if saved == "with its groups":
+        state["groups"] = state["groups"][:-1]
+    else:
+        state = one_group_fewer(state)
+    torch.save(state, path)
     again = []
     resumed = context_for(tiny, tmp_path / "b")
     resumed.report = lambda fraction, *_: again.append(fraction)
