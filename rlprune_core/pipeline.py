@@ -221,8 +221,9 @@ class _Run:
                               on_resume=lambda label, epoch: self.resumed("finetune", label, epoch,
                                                                           runs.fraction(label, epoch)))
         weights = folder / "finetuned.safetensors"
-        if "finetune" in folder.done:
-            kept = folder.done["finetune"].get("kept", chosen[0].kept)
+        if "finetune" in folder.done:  # the winner's channels as prune.json has them, over this version's groups
+            winner = folder.done["finetune"].get("winner")
+            kept = next((f.kept for f in chosen if f.name == winner), chosen[0].kept)
             return finetuner.load(kept, weights), kept
         began = time.perf_counter()
         self.emit(EventType.STAGE, "finetune", "finetuning the pruned model" if len(chosen) == 1 else

@@ -134,6 +134,13 @@ def test_a_job_whose_prune_stage_chose_among_fewer_groups_resumes_with_the_other
 
     with pytest.raises(Stopped):
         run_pipeline(spec, tmp_path, should_stop=pruned)
+    # as if stopped right after the prune stage (stops are polled every half second: a finetune may have begun)
+    state = json.loads((tmp_path / "state.json").read_text())
+    state.update(done={k: state["done"][k] for k in ("pretrain", "prune")}, finalists={}, baselines={})
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    shutil.rmtree(tmp_path / "checkpoints")
+    for leftover in [*tmp_path.glob("finalist-*.safetensors"), tmp_path / "finetuned.safetensors"]:
+        leftover.unlink(missing_ok=True)
     selection = json.loads((tmp_path / "prune.json").read_text())
     older = [i for i, name in enumerate(selection["groups"]) if ".fc1" in name or name.startswith("classifier")]
     assert older  # the groups an earlier version did not have
@@ -149,6 +156,16 @@ def test_a_job_whose_prune_stage_chose_among_fewer_groups_resumes_with_the_other
     assert all(layers[name]["channels_after"] == layers[name]["channels_before"] for name in whole)
     assert all(layers[name]["channels_after"] == len(kept) for name, kept in stored.items())
     assert report["budget"]["achieved"] <= spec.prune.budget.keep
+
+    # the same job stopped between its finetune and its export: the finetune's record lists only the old groups
+    state = json.loads((tmp_path / "state.json").read_text())
+    del state["done"]["export"]
+    state["done"]["finetune"]["kept"] = selection["finalists"][0]["kept"]
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    (tmp_path / "prune.json").write_text(json.dumps(selection))
+    shutil.copy(tmp_path / "model.safetensors", tmp_path / "finetuned.safetensors")  # the finetuned weights
+    (tmp_path / "report.json").unlink()
+    assert run_pipeline(spec, tmp_path)["layers"] == report["layers"]
 
 
 def test_inputs_come_from_the_locations_and_the_report_keeps_the_spec_as_given(tmp_path):
