@@ -30,7 +30,7 @@ test: $(filter .tools/bin/uv,$(UV))  ## the test suite, then the linter
 	$(RUN) pytest -q -n $(TEST_PROCESSES) --dist loadfile --no-loadscope-reorder -m "not every_architecture"
 	$(RUN) ruff check .
 
-# One test per admitted architecture (91), each spread over the processes on its own (--dist load).
+# One test per admitted architecture, each spread over the processes on its own (--dist load).
 test-architectures: $(filter .tools/bin/uv,$(UV))  ## every admitted architecture pruned and exported to ONNX (CI runs it after the suite)
 	$(RUN) pytest -q -n $(TEST_PROCESSES) --dist load -m every_architecture tests/architectures
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rlprune_core.architectures import MIN_IMAGE_SIZES
+from rlprune_core.architectures import image_size_for
 from rlprune_core.cost import CostModel
 from rlprune_core.masking import masked
 from rlprune_core.metrics import count_macs, count_params
@@ -89,7 +89,7 @@ def probe(name: str, onnx: bool = False) -> dict:
     began = time.perf_counter()
     model = trained_looking(name)
     row: dict = {"arch": name, "params_m": round(count_params(model) / 1e6, 2)}
-    size = max(SIZE, MIN_IMAGE_SIZES.get(name, 0))
+    size = image_size_for(name, SIZE)
     example = torch.zeros(1, 3, size, size)
     try:
         groups = find_groups(model, example)
@@ -151,7 +151,11 @@ def main() -> None:
     names = cnn_names() if args.source == "torchvision" else [f"timm/{n}" for n in TIMM_CANDIDATES]
     stem = "architectures" if args.source == "torchvision" else "architectures-timm"
     # --only probes again and replaces those rows of the results written before
-    earlier = json.loads((RESULTS / f"{stem}.json").read_text()) if args.only else {"rows": []}
+    earlier_path = RESULTS / f"{stem}.json"
+    earlier = json.loads(earlier_path.read_text()) if args.only and earlier_path.exists() else {"rows": []}
+    if earlier.get("onnx", args.onnx) != args.onnx:
+        parser.error(f"the results were written {'with' if earlier['onnx'] else 'without'} --onnx; probe again "
+                     "the same way")
     rows = {r["arch"]: r for r in earlier["rows"]}
     for name in args.only or names:
         rows[name] = probe_apart(name, args.onnx)

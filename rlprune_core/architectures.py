@@ -57,6 +57,13 @@ LATENCY_UNPRICED = {
 }
 # The smallest image an architecture's downsampling leaves a pixel of (the spec's floor is 32 otherwise).
 MIN_IMAGE_SIZES = {"alexnet": 63, "inception_v3": 75}
+
+
+def image_size_for(arch: str, preferred: int) -> int:
+    """``preferred`` pixels a side, or the smallest image ``arch`` takes where that is more."""
+    return max(preferred, MIN_IMAGE_SIZES.get(arch, 0))
+
+
 # Classifiers that only training runs (GoogLeNet's and Inception v3's auxiliary heads): these models are built
 # without them, and a user's checkpoint that has them loads without them (state-dict prefixes).
 AUXILIARY_HEADS = {"googlenet": ("aux1.", "aux2."), "inception_v3": ("AuxLogits.",)}

@@ -30,7 +30,7 @@ from pydantic import (
     model_validator,
 )
 
-from .architectures import LATENCY_UNPRICED, MIN_IMAGE_SIZES, Arch, LibraryArch, architecture_refusal
+from .architectures import LATENCY_UNPRICED, Arch, LibraryArch, architecture_refusal, image_size_for
 from .errors import SpecError, describe_validation_error, yaml_problem
 
 # VGG and the torchvision models halve the image five times: below 32 pixels the last stage has nothing to
@@ -308,7 +308,7 @@ class JobSpec(_Strict):
     def _pretrained_weights_come_from_somewhere(self) -> JobSpec:
         if self.pretrain.epochs == 0 and not self.model.checkpoint:
             raise ValueError("pretrain.epochs is 0, so model.checkpoint must name a safetensors file to start from")
-        smallest = MIN_IMAGE_SIZES.get(self.model.arch, MIN_IMAGE_SIZE)
+        smallest = image_size_for(self.model.arch, MIN_IMAGE_SIZE)
         if self.model.arch not in ANY_IMAGE_SIZE and self.dataset.image_size < smallest:
             raise ValueError(f"dataset.image_size must be at least {smallest} for {self.model.arch}, which "
                              "downsamples the image to a single pixel there")

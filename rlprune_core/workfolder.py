@@ -46,8 +46,9 @@ def same_job(stored: JobSpec, spec: JobSpec) -> bool:
     """Whether ``spec`` asks for the job ``stored`` began.
 
     Only the fields ``spec`` sets are compared: a field it leaves to its default means "as before", so a
-    job begun under an earlier default (a finetune learning rate that has since changed, a field a later
-    version added) resumes with the values it began with instead of being refused or silently changed.
+    job begun under an earlier default (a finetune learning rate that has since changed) resumes with the
+    values it began with instead of being refused or silently changed. (A field added since the job began
+    takes its default.)
     """
     given = spec.model_dump(mode="json", exclude_unset=True)
     return JobSpec.model_validate(_overlay(stored.model_dump(mode="json"), given)) == stored

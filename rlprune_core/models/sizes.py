@@ -5,10 +5,11 @@ and every activation autograd keeps for the backward pass, which grows with the 
 pixels. A job's peak memory is therefore about ``3 x 4 bytes x params + 4 bytes x batch x pixels x
 activations_per_pixel`` (:func:`rlprune_core.footprint.training_bytes`). The per-architecture figures
 are measured here on torch's meta device (shapes without data, no compute), at width 1 and
-``REFERENCE_SIZE`` pixels; the built-in CIFAR models scale them by their width (params by its square,
-activations linearly).
+``REFERENCE_SIZE`` pixels (or the smallest image an architecture takes, if larger); the built-in CIFAR models
+scale them by their width (params by its square, activations linearly).
 
-    uv run python -m rlprune_core.models.sizes   # rewrites sizes.json; a test fails when it is stale
+    uv run python -m rlprune_core.models.sizes   # rewrites sizes.json (a test checks that it lists every
+                                                 # architecture and that a few rows match a measurement)
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..architectures import MIN_IMAGE_SIZES
+from ..architectures import image_size_for
 from . import ARCHS, ModelConfig, build_model
 
 TABLE = Path(__file__).with_name("sizes.json")
@@ -32,7 +33,7 @@ def measure(arch: str) -> dict[str, float]:
     """Parameters, activation values per image pixel summed over every leaf module's output (what autograd
     keeps, near enough), and the largest single activation per pixel (what an evaluation pass holds), at
     ``REFERENCE_SIZE`` pixels or the smallest the architecture takes if larger (Inception v3's 75)."""
-    size = max(REFERENCE_SIZE, MIN_IMAGE_SIZES.get(arch, 0))
+    size = image_size_for(arch, REFERENCE_SIZE)
     with torch.random.fork_rng(devices=[]):  # built on the CPU (some builders compute with tensors), run on meta
         model = build_model(ModelConfig(arch, CLASSES, 3, 1.0)).to("meta")
     outputs: list[int] = []

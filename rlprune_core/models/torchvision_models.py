@@ -1,11 +1,12 @@
 """torchvision classification models as first-class architectures.
 
 They are built by torchvision itself (``torchvision.models.get_model``, never with downloaded weights), so
-their state-dict keys are torchvision's and a user's own ``model.state_dict()`` loads as it is. Only two
+their state-dict keys are torchvision's and a user's own ``model.state_dict()`` loads as it is. Two
 things differ from the published definition, both forced by the data: the classifier has the data's
-class count, and a stem for images of other than three channels takes that many. GoogLeNet and Inception v3
-are built without their auxiliary classifiers (training-only heads); a checkpoint's copies of them are
-ignored when it loads.
+class count, and a stem for images of other than three channels takes that many. And GoogLeNet and
+Inception v3 are built without their auxiliary classifiers (training-only heads; a checkpoint's copies of
+them are ignored when it loads) and, as torchvision builds them without weights, with ``transform_input``
+off.
 
 Each name listed here is covered by tests of every invariant the built-in models hold (masked == removed,
 the cost model against the real modules, export round trips). Coupled channels come from Torch-Pruning's

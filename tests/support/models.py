@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from rlprune_core.architectures import CONCATENATING, MIN_IMAGE_SIZES
+from rlprune_core.architectures import CONCATENATING, image_size_for
 from rlprune_core.cost import CostModel
 from rlprune_core.data import InputContract
 from rlprune_core.export import export_onnx, export_program
@@ -88,7 +88,7 @@ def params(archs) -> list:
 
 def size_for(arch: str) -> int:
     """The smallest image the architecture takes, or SIZE."""
-    return max(SIZE, MIN_IMAGE_SIZES.get(arch, SIZE))
+    return image_size_for(arch, SIZE)
 
 
 def pruned_exactly(arch: str):
