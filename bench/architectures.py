@@ -37,7 +37,7 @@ from rlprune_core.models.torchvision_models import build_torchvision
 from rlprune_core.selection import Budget, select, uniform_counts
 from rlprune_core.structure import find_groups
 from rlprune_core.surgery import prune_model
-from tests.support.models import looking_trained, onnx_logits, relative_error
+from tests.support.models import looking_trained, one_hot_masks, onnx_logits, relative_error
 
 from .common import RESULTS, environment, write_results
 
@@ -100,8 +100,7 @@ def probe(name: str, onnx: bool = False) -> dict:
         counts = uniform_counts(cost, Budget("macs", 0.5))
         kept = select(model, groups, counts, "l1", seed=0)
         x = torch.randn(2, 3, size, size)
-        with torch.no_grad(), masked(model, groups, [torch.zeros(1, g.size).index_fill_(1, torch.tensor(k), 1.0)
-                                                     for g, k in zip(groups, kept, strict=True)]):
+        with torch.no_grad(), masked(model, groups, one_hot_masks(groups, kept)):
             expected = model(x)
         pruned = prune_model(model, groups, kept, example).eval()
         with torch.no_grad():

@@ -132,16 +132,18 @@ class Bench:
         return baseline_kept(name, self.point.pretrained, inputs.groups, [], inputs.cost, Budget.of(self.spec.prune),
                              self.seed)
 
-    def searched(self, agent: str) -> dict:
-        """The search's candidates and figures, run once per starting point and cached."""
-        prune = {**self.spec.prune.model_dump(), "agent": agent}
-        key = "|".join([self.setting, self.point.weights, agent, _digest(self.search)])
+    def searched(self, agent: str, search: dict | None = None) -> dict:
+        """The search's candidates and figures (with the bench's search settings, or ``search``), run once per
+        starting point and cached."""
+        search = search or self.search
+        prune = {**self.spec.prune.model_dump(), **search, "agent": agent}
+        key = search_key(self.setting, self.point.weights, agent, search)
         return self.searches.run(key, lambda: self._search(JobSpec.model_validate(
-            {**self.spec.model_dump(), "prune": prune}).prune))
+            {**self.spec.model_dump(), "prune": prune}).prune, search))
 
-    def _search(self, prune) -> dict:
+    def _search(self, prune, search: dict) -> dict:
         inputs = self.point.inputs
-        folder = WORKDIR / "searches" / f"{self.setting}-{self.seed}-{prune.agent}-{_digest(self.search)}"
+        folder = WORKDIR / "searches" / f"{self.setting}-{self.seed}-{prune.agent}-{_digest(search)}"
         folder.mkdir(parents=True, exist_ok=True)
         context = SearchContext(model=self.point.pretrained, groups=list(inputs.groups), cost=inputs.cost,
                                 val=inputs.data.val, train=inputs.data.train, flip=inputs.data.flip, spec=prune,
@@ -255,9 +257,9 @@ def recipe_rows(cells: dict[str, dict], settings: Iterable[str], methods: list[s
     return rows
 
 
-def old_default_key(setting: str, weights: str) -> str:
-    """Where the searches cache keeps the earlier default's search at a starting point (as Bench.searched)."""
-    return "|".join([setting, weights, OLD_DEFAULT_AGENT, _digest(OLD_DEFAULT_SEARCH)])
+def search_key(setting: str, weights: str, agent: str, search: dict) -> str:
+    """Where the searches cache keeps a search at a starting point."""
+    return "|".join([setting, weights, agent, _digest(search)])
 
 
 def cost_rows(cells: dict[str, dict], searches: dict[str, dict], settings: Iterable[str], methods: list[str],
@@ -270,9 +272,9 @@ def cost_rows(cells: dict[str, dict], searches: dict[str, dict], settings: Itera
     for setting, method in itertools.product(settings, [m for m in methods if m in SEARCHES]):
         by_timing: dict[bool, list[tuple[dict, float]]] = {}  # each cell with the earlier search's seconds
         for cell in _matching(cells, setting=setting, method=method, recipe=recipe, epochs=epochs):
-            timed = searches.get(old_default_key(setting, cell["weights"]))
+            old = searches.get(search_key(setting, cell["weights"], OLD_DEFAULT_AGENT, OLD_DEFAULT_SEARCH))
             estimate = OLD_DEFAULT_EVALUATIONS * cell["search_seconds"] / cell["evaluations"]
-            by_timing.setdefault(timed is not None, []).append((cell, timed["seconds"] if timed else estimate))
+            by_timing.setdefault(old is not None, []).append((cell, old["seconds"] if old else estimate))
         for timed, pairs in sorted(by_timing.items()):
             finalists = [len(c["counts"]) * c["finetune_seconds_per_run"] for c, _ in pairs]
             rows.append({"setting": setting, "method": method, "starting_points": len(pairs),
@@ -346,8 +348,7 @@ def main() -> None:
                             mean=float(np.mean(cell["returned"])))
                 cells.save()
             if args.time_old_default:
-                Bench(setting, seed, args.recipe, args.epochs, args.replicates, runs, searches,
-                      OLD_DEFAULT_SEARCH).searched(OLD_DEFAULT_AGENT)
+                bench.searched(OLD_DEFAULT_AGENT, OLD_DEFAULT_SEARCH)
     rows = analyse(cells.rows, args.settings, args.methods, args.recipe, args.epochs)
     recipes = recipe_rows(cells.rows, args.settings, args.methods, args.epochs)
     costs = cost_rows(cells.rows, searches.rows, args.settings, args.methods, args.recipe, args.epochs)
