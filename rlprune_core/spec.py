@@ -30,7 +30,7 @@ from pydantic import (
     model_validator,
 )
 
-from .architectures import LATENCY_UNPRICED, Arch, LibraryArch, architecture_refusal, image_size_for
+from .architectures import METRIC_REFUSALS, Arch, LibraryArch, architecture_refusal, image_size_for
 from .errors import SpecError, describe_validation_error, yaml_problem
 
 # VGG and the torchvision models halve the image five times: below 32 pixels the last stage has nothing to
@@ -312,9 +312,10 @@ class JobSpec(_Strict):
         if self.model.arch not in ANY_IMAGE_SIZE and self.dataset.image_size < smallest:
             raise ValueError(f"dataset.image_size must be at least {smallest} for {self.model.arch}, which "
                              "downsamples the image to a single pixel there")
-        if self.prune.budget.metric == "latency" and self.model.arch in LATENCY_UNPRICED:
-            raise ValueError(f"prune.budget.metric must be macs or params for {self.model.arch}: "
-                             f"{LATENCY_UNPRICED[self.model.arch]}, which the latency table cannot price")
+        metric = self.prune.budget.metric
+        if why := METRIC_REFUSALS.get(metric, {}).get(self.model.arch):
+            raise ValueError(f"prune.budget.metric cannot be {metric} for {self.model.arch}: {why}, which the "
+                             f"{metric} table cannot price")
         if len(set(self.baselines)) != len(self.baselines):
             raise ValueError("baselines lists a method twice")
         finalists = self.prune.finalists

@@ -5,7 +5,7 @@ never import each other.
 Imports are read with ``ast`` from every module, including those inside functions and under
 ``TYPE_CHECKING``: a lazy import still ties two modules together, so it counts for circles. For torch, only
 module-level imports count, since a lazy import is exactly how a module keeps torch out of a process that
-never calls it (``tests/test_deploy.py`` checks the running API for that).
+never calls it (``tests/e2e/test_deploy.py`` checks the running API for that).
 """
 
 from __future__ import annotations
