@@ -27,12 +27,12 @@ demo: $(filter .tools/bin/uv,$(UV))  ## prune a VGG-11 on the bundled digits to 
 TEST_PROCESSES ?= 2
 
 test: $(filter .tools/bin/uv,$(UV))  ## the test suite, then the linter
-	$(RUN) pytest -q -n $(TEST_PROCESSES) --dist loadfile --no-loadscope-reorder -m "not every_architecture"
+	$(RUN) pytest -q -n $(TEST_PROCESSES) --dist loadfile --no-loadscope-reorder -m "not every_architecture" --durations=20
 	$(RUN) ruff check .
 
 # One test per admitted architecture, each spread over the processes on its own (--dist load).
 test-architectures: $(filter .tools/bin/uv,$(UV))  ## every admitted architecture pruned and exported to ONNX (CI runs it after the suite)
-	$(RUN) pytest -q -n $(TEST_PROCESSES) --dist load -m every_architecture tests/architectures
+	$(RUN) pytest -q -n $(TEST_PROCESSES) --dist load -m every_architecture tests/architectures --durations=20
 
 lint: $(filter .tools/bin/uv,$(UV))
 	$(RUN) ruff check .

@@ -67,7 +67,8 @@ SETTINGS = {
     "vgg11-macs0.3": ("vgg11", "macs", 0.3), "vgg11-macs0.5": ("vgg11", "macs", 0.5),
     "vgg11-macs0.2": ("vgg11", "macs", 0.2), "vgg11-params0.1": ("vgg11", "params", 0.1),
     "vgg11-params0.25": ("vgg11", "params", 0.25), "resnet20-macs0.3": ("resnet20", "macs", 0.3),
-    "resnet20-macs0.2": ("resnet20", "macs", 0.2), "mobilenet_v2-macs0.3": ("mobilenet_v2", "macs", 0.3),
+    "resnet20-macs0.5": ("resnet20", "macs", 0.5), "resnet20-macs0.2": ("resnet20", "macs", 0.2),
+    "mobilenet_v2-macs0.3": ("mobilenet_v2", "macs", 0.3),
 }
 SEARCHES = ("sensitivity", "allocation", "random-search", "reinforce")
 RULES = ("l1", "random", "global-l1")
