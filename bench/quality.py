@@ -366,7 +366,9 @@ def main() -> None:
                 f"cell's finetune seeds and over starting points; differences in points with 95 % t-intervals "
                 f"over starting points.\n\n| setting | method | starting points | accuracy | minus uniform l1 | "
                 f"minus unpruned |\n|---|---|---|---|---|---|\n" + "\n".join(lines)
-                + cost_table(costs) + recipe_table(recipes) + f"\n\nEnvironment: {data['environment']}.\n")
+                + cost_table(costs) + recipe_table(recipes) + f"\n\nEnvironment of the run that wrote these tables: "
+                f"{data['environment']}. Cells may come from runs on other machines; a starting point's weights "
+                "differ by machine, so cells are paired only within one point's weights.\n")
     write_results(f"{args.name}-{args.recipe}-{args.epochs}", data, markdown)
     print(markdown)
 

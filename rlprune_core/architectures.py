@@ -50,12 +50,13 @@ Arch = Literal[CifarArch, LibraryArch]
 # channels-last map (ConvNeXt), it cannot: these take MACs and params budgets only.
 CONCATENATING = frozenset(("densenet121", "densenet161", "densenet169", "densenet201", "squeezenet1_0",
                            "squeezenet1_1", "googlenet", "inception_v3", "timm/densenet121", "timm/dla34"))
-# The budget metrics an architecture cannot take, each with the reason (the metrics a budget can measure are
-# keys here, so the spec checks this table and never branches on a metric).
+# The budget metrics some architectures refuse, each architecture with the reason: the spec reads this table
+# instead of branching on a metric.
 METRIC_REFUSALS: dict[str, dict[str, str]] = {"latency": {
-    **dict.fromkeys(CONCATENATING, "its layers read concatenated channels"),
+    **dict.fromkeys(CONCATENATING, "its layers read concatenated channels, which the latency table cannot price"),
     **dict.fromkeys(("convnext_tiny", "convnext_small", "convnext_base", "convnext_large", "timm/convnext_tiny"),
-                    "its linear layers run on every pixel of a channels-last map"),
+                    "its linear layers run on every pixel of a channels-last map, which the latency table cannot "
+                    "price"),
 }}
 # The smallest image an architecture's downsampling leaves a pixel of (the spec's floor is 32 otherwise).
 MIN_IMAGE_SIZES = {"alexnet": 63, "inception_v3": 75}

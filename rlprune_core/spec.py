@@ -47,6 +47,7 @@ CriterionName = Literal["l1", "bn-scale", "random"]
 BaselineName = Literal["l1", "bn-scale", "random", "l1@agent", "bn-scale@agent", "random@agent", "global-l1"]
 ExportFormat = Literal["safetensors", "pt2", "onnx"]
 ProxyName = Literal["log-likelihood", "calibrated-log-likelihood", "top1"]
+MetricName = Literal["macs", "params", "latency"]
 
 Fraction = Annotated[float, Field(gt=0.0, le=1.0)]
 NonNegative = Annotated[float, Field(ge=0.0, le=1e6)]
@@ -166,7 +167,7 @@ class LatencyTargetSpec(_Strict):
 
 
 class BudgetSpec(_Strict):
-    metric: Literal["macs", "params", "latency"] = "macs"
+    metric: MetricName = "macs"
     keep: Fraction = Field(default=0.5, description="the fraction of the unpruned model's MACs, params or "
                            "measured latency on the target that the pruned model may keep")
     target: LatencyTargetSpec | None = Field(default=None, description="latency only; default: batch 1 on the "
@@ -314,8 +315,8 @@ class JobSpec(_Strict):
                              "downsamples the image to a single pixel there")
         metric = self.prune.budget.metric
         if why := METRIC_REFUSALS.get(metric, {}).get(self.model.arch):
-            raise ValueError(f"prune.budget.metric cannot be {metric} for {self.model.arch}: {why}, which the "
-                             f"{metric} table cannot price")
+            allowed = [m for m in get_args(MetricName) if self.model.arch not in METRIC_REFUSALS.get(m, {})]
+            raise ValueError(f"prune.budget.metric must be {' or '.join(allowed)} for {self.model.arch}: {why}")
         if len(set(self.baselines)) != len(self.baselines):
             raise ValueError("baselines lists a method twice")
         finalists = self.prune.finalists

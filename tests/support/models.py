@@ -71,7 +71,7 @@ HEAVY = {"resnet101", "resnet152", "wide_resnet50_2", "wide_resnet101_2", "resne
          "efficientnet_b6", "efficientnet_b7", "efficientnet_v2_m", "efficientnet_v2_l", "regnet_x_16gf",
          "regnet_x_32gf", "regnet_y_16gf", "regnet_y_32gf", "regnet_y_128gf", "vgg11_bn", "vgg13_bn", "vgg16_bn",
          "vgg19_bn", "convnext_small", "convnext_base", "convnext_large", "densenet161", "densenet169", "densenet201",
-         "timm/vgg16_bn"}
+         "timm/vgg16_bn", "timm/wide_resnet50_2", "timm/resnet101d"}
 
 
 # One or two torchvision models of each family: an export's trace, or a stem rebuilt for other image channels,
