@@ -1,5 +1,5 @@
 """timm CNNs: every admitted one holds the pruning invariants (masked == removed, the cost model equals the real
-modules; the heavy ones in test_heavy_models.py), a user's timm state dict loads as it is, and timm's
+modules; the heavy ones in tests/architectures), a user's timm state dict loads as it is, and timm's
 BatchNormAct2d (a BatchNorm with its activation inside) keeps its activation when the search re-estimates its
 statistics."""
 

@@ -1,6 +1,6 @@
 """Every admitted torchvision architecture holds the invariants of the built-in models, at a small image size on
-CPU: masked == removed and the cost model equals the real modules (the heavy ones in
-test_heavy_models.py); and how their channels are coupled."""
+CPU: masked == removed and the cost model equals the real modules (the heavy ones, too slow for the suite, in
+tests/architectures, which CI runs); and how their channels are coupled."""
 
 import pytest
 import torch
