@@ -62,12 +62,12 @@ def one_hot_masks(groups, kept):
     return [torch.zeros(1, g.size).index_fill_(1, torch.tensor(k), 1.0) for g, k in zip(groups, kept, strict=True)]
 
 
-# -- every admitted model pruned exactly (tests/core/test_torchvision_models.py, test_timm_models.py) ------
+# -- every admitted model pruned exactly (tests/architectures; the suite: tests/core/test_torchvision_models.py)
 SIZE = 32
 # Over about 40 M parameters, or with a hundred and more groups to slice (the larger DenseNets), a model takes
-# seconds to build and prune (regnet_y_128gf, 637 M, about 20 s; densenet201, 200 groups, about 17 s): their
-# exactness is checked with their ONNX export (tests/architectures, which CI runs), and `-m "not heavy"` skips
-# their other tests locally.
+# seconds to build and prune (regnet_y_128gf, 637 M, about 20 s; densenet201, 200 groups, about 17 s): the
+# suite leaves their exactness to tests/architectures (which CI runs), and `-m "not heavy"` skips their other
+# tests locally.
 HEAVY = {"resnet101", "resnet152", "wide_resnet50_2", "wide_resnet101_2", "resnext101_32x8d", "resnext101_64x4d",
          "efficientnet_b6", "efficientnet_b7", "efficientnet_v2_m", "efficientnet_v2_l", "regnet_x_16gf",
          "regnet_x_32gf", "regnet_y_16gf", "regnet_y_32gf", "regnet_y_128gf", "vgg11_bn", "vgg13_bn", "vgg16_bn",
@@ -110,7 +110,7 @@ class UniformPruning:
 
 def pruned_uniformly(arch: str) -> UniformPruning:
     """The model at 0.4 of its MACs by uniform l1 (or above what its unprunable layers alone take: RegNets at
-    32 pixels, up to 0.43), unchecked: for the tests that check what is done with a pruned model."""
+    32 pixels, up to 0.43), with what :func:`pruned_exactly` checks it against."""
     model = trained_looking(arch, width=1.0)
     size = size_for(arch)
     example = torch.zeros(1, 3, size, size)
