@@ -74,6 +74,9 @@ async def accept(request: Request, services: Services, tenant: str, kind: str, r
                 await in_thread(services, reservation.use, size)
 
         try:
+            declared = request.headers.get("content-length", "")
+            if declared.isascii() and declared.isdigit():  # at most the upload limit (BodyLimitMiddleware)
+                await in_thread(services, reservation.reserve_ahead, int(declared))
             body = scratch.path / "body"
             with body.open("xb") as out:
                 received = await intake.receive(request, out, settings.max_upload_bytes, raw_types, reserve)

@@ -5,6 +5,9 @@ copies of it held 1.26 GB at once against a 600-byte quota. So every byte an upl
 the files an archive extracts to) is reserved first, STEP bytes at a time, in the store where every API
 process sees it (``store.uploads.reserve``): the first step that would take the tenant's stored and
 in-progress uploads past the quota refuses the upload with 507, having written at most one step more.
+A body whose length is declared (Content-Length) reserves all of it before its first byte is read: racing
+uploads that could not all fit would otherwise each hold part of the quota as their bytes arrived, and all
+be refused, where the first to reserve must fit.
 """
 
 from __future__ import annotations
@@ -36,6 +39,15 @@ class Reservation:
                 return False
             self.used += size
             return True
+
+    def reserve_ahead(self, size: int) -> None:
+        """Reserve ``size`` bytes the request declared it will send, before any of them is read; 507 when the
+        tenant's quota does not hold them."""
+        with self.lock, transaction(self.sessions) as session:
+            if not uploads.reserve(session, self.tenant, self.upload_id, size, self.quota):
+                raise BadUpload(f"this upload declares {size:,} bytes, more than your {self.quota:,}-byte quota "
+                                "holds beside your other uploads; delete some first", 507)
+            self.reserved += size
 
     def use(self, size: int) -> None:
         """Count ``size`` more bytes about to be written (negative: freed), reserving more first if needed;
