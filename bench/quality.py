@@ -350,9 +350,14 @@ def main() -> None:
                 cells.save()
             if args.time_old_default:
                 bench.searched(OLD_DEFAULT_AGENT, OLD_DEFAULT_SEARCH)
-    rows = analyse(cells.rows, args.settings, args.methods, args.recipe, args.epochs)
-    recipes = recipe_rows(cells.rows, args.settings, args.methods, args.epochs)
-    costs = cost_rows(cells.rows, searches.rows, args.settings, args.methods, args.recipe, args.epochs)
+    # The tables cover every setting and method the cells file holds at these epochs, not only those run now:
+    # a run of one setting must not rewrite a table without the others.
+    held = _matching(cells.rows, epochs=args.epochs)
+    settings = [s for s in SETTINGS if any(c["setting"] == s for c in held)]
+    methods = list(dict.fromkeys([*args.methods, *sorted({c["method"] for c in held})]))
+    rows = analyse(cells.rows, settings, methods, args.recipe, args.epochs)
+    recipes = recipe_rows(cells.rows, settings, methods, args.epochs)
+    costs = cost_rows(cells.rows, searches.rows, settings, methods, args.recipe, args.epochs)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     data = {"environment": environment(device), "search": SEARCH, "recipe": RECIPES[args.recipe],
             "finetune_epochs": args.epochs, "replicates": args.replicates, "rows": rows, "recipes": recipes,
