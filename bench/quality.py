@@ -331,7 +331,11 @@ def main() -> None:
     parser.add_argument("--time-old-default", action="store_true",
                         help="also run (once per starting point) the search that was the default before finalists, "
                         "for the cost table")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch's CPU threads: pretrained weights are bit-identical only at one thread count (and "
+                        "one CPU kind), and benchmarks side by side that each take every core stall each other")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     began = time.perf_counter()
     runs, searches = Cells(RESULTS / f"{args.name}_runs.json"), Cells(RESULTS / f"{args.name}_searches.json")
     cells = Cells(RESULTS / f"{args.name}_cells.json")
