@@ -94,15 +94,16 @@ def size_for(arch: str) -> int:
 
 
 def pruned_exactly(arch: str):
-    """The model at half its MACs by uniform l1, after checking masked == removed and the cost model against
+    """The model at 0.4 of its MACs by uniform l1, after checking masked == removed and the cost model against
     the real modules before and after (logits compared by :func:`relative_error`)."""
     model = trained_looking(arch, width=1.0)
     size = size_for(arch)
-    example = torch.zeros(1, 3, size, size)
+    shape = (3, size, size)
+    example = torch.zeros(1, *shape)
     groups = find_groups(model, example)
     assert groups, f"{arch} has no prunable group"
     cost = CostModel.from_model(model, groups, example)
-    assert cost.macs(cost.group_sizes) == count_macs(model, (3, size, size))
+    assert cost.macs(cost.group_sizes) == count_macs(model, shape)
     assert cost.params(cost.group_sizes) == count_params(model)
     # the spec refuses latency budgets by a list of names; the list must match what the structure finds
     assert cost.concatenates == (arch in CONCATENATING)
@@ -112,9 +113,9 @@ def pruned_exactly(arch: str):
     counts = uniform_counts(cost, Budget("macs", max(0.4, floor + 0.1)))
     kept = select(model, groups, counts, "l1", seed=0)
     pruned = prune_model(model, groups, kept, example).eval()
-    assert cost.macs(np.array(counts)) == count_macs(pruned, (3, size, size))
+    assert cost.macs(np.array(counts)) == count_macs(pruned, shape)
     assert cost.params(np.array(counts)) == count_params(pruned) < count_params(model)
-    x = torch.randn(4, 3, size, size)
+    x = torch.randn(4, *shape)
     with torch.no_grad(), masked(model, groups, one_hot_masks(groups, kept)):
         expected = model(x)
     with torch.no_grad():
