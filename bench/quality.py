@@ -4,7 +4,9 @@ Settings: a model and a budget (``vgg11-params0.1``, ``resnet20-macs0.3``, ...) 
 each starting point (a seed's pretrained weights, :mod:`bench.harness`) every method prunes to the budget
 and its network is finetuned with the finetune seeds s, 1000 + s and 2000 + s (the same for every method);
 a cell's figure is the mean test accuracy over those runs, and methods are compared by paired differences
-against uniform l1 over starting points with 95 % t-intervals.
+against uniform l1 over starting points with 95 % t-intervals. A latency budget (``vgg11-latency0.5``) is
+priced as a job prices it, by a table measured on this CPU (once per starting point, then kept), and every
+network that is finetuned is first measured and fitted to the budget as a job's is.
 
 Methods:
 
@@ -37,11 +39,13 @@ import os
 import statistics
 import time
 from collections.abc import Iterable
+from dataclasses import asdict
 
 import numpy as np
 import torch
 
 from rlprune_core.agents import SearchContext, get_agent, score_candidate
+from rlprune_core.budgets import CountBudget, budget_for
 from rlprune_core.events import StopCheck
 from rlprune_core.finalists import Finalist, Scored, decide, finalists
 from rlprune_core.selection import Budget, baseline_kept, select, uniform_counts
@@ -69,6 +73,9 @@ SETTINGS = {
     "vgg11-params0.25": ("vgg11", "params", 0.25), "resnet20-macs0.3": ("resnet20", "macs", 0.3),
     "resnet20-macs0.5": ("resnet20", "macs", 0.5), "resnet20-macs0.2": ("resnet20", "macs", 0.2),
     "mobilenet_v2-macs0.3": ("mobilenet_v2", "macs", 0.3),
+    # latency at batch 1 on this process's CPU threads (one, as benchmarks run): each starting point measures
+    # its own table once and keeps it, and every network that is finetuned is measured and fitted as a job's is
+    "vgg11-latency0.5": ("vgg11", "latency", 0.5), "vgg11-latency0.4": ("vgg11", "latency", 0.4),
 }
 SEARCHES = ("sensitivity", "allocation", "random-search", "reinforce")
 RULES = ("l1", "random", "global-l1")
@@ -117,6 +124,11 @@ class Bench:
         checkpoint = starting_point(model, seed)
         self.spec = job_spec(model, seed, checkpoint, {"agent": "l1", **search, "budget": self.budget})
         self.point: Point = load_point(self.spec)
+        tables = WORKDIR / "latency-tables"
+        tables.mkdir(parents=True, exist_ok=True)
+        self.budget = budget_for(self.spec.prune, self.point.inputs, tables / f"{setting}-{self.point.weights}.json",
+                                 None, StopCheck(None), lambda *_: None)
+        self.budget.prepare(self.point.pretrained)
 
     def run(self, kept: list[list[int]], finetune_seed: int) -> dict:
         key = "|".join([self.setting, self.point.weights, self.recipe_name, str(self.epochs), _digest(kept),
@@ -126,12 +138,21 @@ class Bench:
 
     def uniform(self, criterion: str = "l1") -> list[list[int]]:
         return select(self.point.pretrained, self.point.inputs.groups,
-                      uniform_counts(self.point.inputs.cost, Budget.of(self.spec.prune)), criterion, self.seed)
+                      uniform_counts(self.budget.cost, Budget.of(self.spec.prune)), criterion, self.seed)
 
     def rule(self, name: str) -> list[list[int]]:
         inputs = self.point.inputs
-        return baseline_kept(name, self.point.pretrained, inputs.groups, [], inputs.cost, Budget.of(self.spec.prune),
-                             self.seed)
+        return baseline_kept(name, self.point.pretrained, inputs.groups, [], self.budget.cost,
+                             Budget.of(self.spec.prune), self.seed)
+
+    def fitted(self, kept: list[list[int]]) -> list[list[int]]:
+        """``kept`` as a job would finetune it: unchanged under a counted budget; under a latency budget
+        measured and shrunk while over (:meth:`rlprune_core.budgets.LatencyBudget.fit`), once per network and
+        cached with the searches, since a measurement does not repeat exactly."""
+        if isinstance(self.budget, CountBudget):
+            return kept
+        key = "|".join([self.setting, self.point.weights, "fit", _digest(kept)])
+        return self.searches.run(key, lambda: asdict(self.budget.fit(self.point.pretrained, kept)))["kept"]
 
     def searched(self, agent: str, search: dict | None = None) -> dict:
         """The search's candidates and figures (with the bench's search settings, or ``search``), run once per
@@ -146,7 +167,7 @@ class Bench:
         inputs = self.point.inputs
         folder = WORKDIR / "searches" / f"{self.setting}-{self.seed}-{prune.agent}-{_digest(search)}"
         folder.mkdir(parents=True, exist_ok=True)
-        context = SearchContext(model=self.point.pretrained, groups=list(inputs.groups), cost=inputs.cost,
+        context = SearchContext(model=self.point.pretrained, groups=list(inputs.groups), cost=self.budget.cost,
                                 val=inputs.data.val, train=inputs.data.train, flip=inputs.data.flip, spec=prune,
                                 device=inputs.device, seed=self.seed, state_dir=folder,
                                 report=lambda *_: None, stop=StopCheck(None))
@@ -156,18 +177,19 @@ class Bench:
         chosen = finalists(result.candidates, uniform, score_candidate(context, uniform), prune.finalists.count)
         return {"seconds": round(time.perf_counter() - began, 2), "cpu_seconds": round(time.process_time() - cpu, 2),
                 "evaluations": result.summary["evaluations"],
-                "best": result.kept, "finalists": [{"name": f.name, "kept": f.kept, "proxy": f.proxy} for f in chosen]}
+                "best": self.fitted(result.kept),
+                "finalists": [{"name": f.name, "kept": self.fitted(f.kept), "proxy": f.proxy} for f in chosen]}
 
     def cell(self, method: str) -> dict:
         """Per finetune seed, the returned network's test accuracy, its channel counts and what it cost."""
         if method in RULES:
-            kept = self.rule(method)
+            kept = self.fitted(self.rule(method))
             runs = [self.run(kept, f) for f in self.replicates]
             return {**_returned(runs), "counts": [len(k) for k in kept],
                     "finetune_seconds": sum(r["seconds"] for r in runs) / len(runs)}
         if method.startswith("l1-best-of-"):
             tries = int(method.removeprefix("l1-best-of-"))
-            kept = self.uniform()
+            kept = self.fitted(self.uniform())
             chosen = []
             for f in self.replicates:
                 runs = [self.run(kept, f + 100 * t) for t in range(tries)]
