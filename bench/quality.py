@@ -124,10 +124,10 @@ class Bench:
         checkpoint = starting_point(model, seed)
         self.spec = job_spec(model, seed, checkpoint, {"agent": "l1", **search, "budget": self.budget})
         self.point: Point = load_point(self.spec)
-        tables = WORKDIR / "latency-tables"
-        tables.mkdir(parents=True, exist_ok=True)
-        self.budget = budget_for(self.spec.prune, self.point.inputs, tables / f"{setting}-{self.point.weights}.json",
-                                 None, StopCheck(None), lambda *_: None)
+        table = WORKDIR / "latency-tables" / f"{setting}-{self.point.weights}.json"
+        if metric == "latency":  # where the starting point's table is kept
+            table.parent.mkdir(parents=True, exist_ok=True)
+        self.budget = budget_for(self.spec.prune, self.point.inputs, table, None, StopCheck(None), lambda *_: None)
         self.budget.prepare(self.point.pretrained)
 
     def run(self, kept: list[list[int]], finetune_seed: int) -> dict:
