@@ -117,12 +117,12 @@ class Bench:
                  searches: Cells, search: dict):
         self.setting, self.seed, self.recipe_name, self.epochs = setting, seed, recipe, epochs
         model, metric, keep = SETTINGS[setting]
-        self.budget = {"metric": metric, "keep": keep}
+        budget = {"metric": metric, "keep": keep}
         self.recipe = FinetuneSpec(**{**FINETUNE, "epochs": epochs, **RECIPES[recipe]})
         self.replicates = finetune_seeds(seed, replicates)
         self.runs, self.searches, self.search = runs, searches, search
         checkpoint = starting_point(model, seed)
-        self.spec = job_spec(model, seed, checkpoint, {"agent": "l1", **search, "budget": self.budget})
+        self.spec = job_spec(model, seed, checkpoint, {"agent": "l1", **search, "budget": budget})
         self.point: Point = load_point(self.spec)
         table = WORKDIR / "latency-tables" / f"{setting}-{self.point.weights}.json"
         if metric == "latency":  # where the starting point's table is kept
